@@ -1,0 +1,35 @@
+# Set-up and everyday commands. `make demo` and `make test` install first (quick when nothing changed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install patch-deps test lint demo bench clean
+
+install: $(STAMP) patch-deps
+
+# torch and torchvision first, at the versions that lie on our machines' disks (see README).
+$(STAMP): setup.cfg setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[eval,test]'
+	touch $(STAMP)
+
+patch-deps: $(STAMP)
+	$(PY) patches/apply.py
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(PY) -m ruff check src tests recipes patches
+
+demo: install
+	$(PY) -m open_clip_elip.demo
+
+bench: install
+	$(PY) -m open_clip_elip.bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

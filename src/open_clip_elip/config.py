@@ -1,0 +1,87 @@
+"""ELIP options: the model JSON's ``elip_cfg`` block, validated at construction time."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+SCORINGS = ("lookahead", "first_layer")
+PAPER_LAYOUT = (2, 2, 6, 2)  # layers per block for a 12-layer ViT (ELIP-SPEC.md)
+PAPER_KEEP_RATIOS = (0.9, 0.65, 0.4)
+
+
+@dataclass(frozen=True)
+class ElipConfig:
+    """Options of ELIP's text-guided token pruning and merging.
+
+    layout: layers per block; ``None`` scales the paper's 2/2/6/2 to the depth (4/4/12/4 for 24).
+    keep_ratios: per pruned block (II, III, ...), share of the original token count kept.
+    lam: weight of the vision CLS in the fused scoring query (1 = vision only, 0 = text only).
+    merge: merge the pruned tokens into one attention-weighted token (False: prune only).
+    scoring: ``lookahead`` (the paper's: CLS attention at the block's last layer after a
+        no-grad pass through the block) or ``first_layer`` (CLS attention of its first layer).
+    prune_without_text: also prune when no caption is given, vision-only (``lam = 1``);
+        an inference-time option, off by default so that unguided outputs equal the stock model's.
+    """
+
+    layout: Optional[Tuple[int, ...]] = None
+    keep_ratios: Tuple[float, ...] = PAPER_KEEP_RATIOS
+    lam: float = 0.8
+    merge: bool = True
+    scoring: str = "lookahead"
+    prune_without_text: bool = False
+
+    @classmethod
+    def from_options(cls, options: "ElipConfig | Mapping[str, Any] | None" = None, **overrides) -> "ElipConfig":
+        """Build from a config, a JSON dict (``elip_cfg``) or keywords; unknown keys raise ValueError."""
+        if isinstance(options, ElipConfig):
+            options = dataclasses.asdict(options)
+        merged = {**(options or {}), **overrides}
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(merged) - set(known))
+        if unknown:
+            raise ValueError(f"elip_cfg: unknown option(s) {unknown}; accepted options are {known}")
+        for key in ("layout", "keep_ratios"):
+            if merged.get(key) is not None:
+                merged[key] = tuple(merged[key])
+        return cls(**merged)
+
+    def resolved(self, depth: int, num_tokens: Sequence[int]) -> "ElipConfig":
+        """Check against a ViT of ``depth`` layers whose transformer sees ``num_tokens``
+        tokens (CLS included; one count per mode, e.g. with and without patch dropout),
+        and return the config with its layout filled in."""
+        layout = self.layout if self.layout is not None else _scaled_paper_layout(depth)
+        if any(not isinstance(n, int) or n < 1 for n in layout):
+            raise ValueError(f"elip_cfg.layout: every block needs at least one layer, got {list(layout)}")
+        if sum(layout) != depth:
+            raise ValueError(
+                f"elip_cfg.layout {list(layout)} sums to {sum(layout)} layers but the vision tower has "
+                f"{depth}; give layers per block that sum to {depth}")
+        ratios = self.keep_ratios
+        if len(ratios) != len(layout) - 1:
+            raise ValueError(
+                f"elip_cfg.keep_ratios needs one ratio per pruned block ({len(layout) - 1} for layout "
+                f"{list(layout)}), got {list(ratios)}")
+        if any(not 0.0 < r <= 1.0 for r in ratios):
+            raise ValueError(f"elip_cfg.keep_ratios must each lie in (0, 1], got {list(ratios)}")
+        if any(later > earlier for earlier, later in zip(ratios, ratios[1:])):
+            raise ValueError(f"elip_cfg.keep_ratios must not increase from block to block, got {list(ratios)}")
+        for n in num_tokens:
+            if int(n * ratios[-1]) < 1:
+                raise ValueError(
+                    f"elip_cfg.keep_ratios: {ratios[-1]} of {n} tokens keeps fewer than 1 token; "
+                    f"use a last ratio of at least {1 / n:.4f}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"elip_cfg.lam must lie in [0, 1] (1 = vision only), got {self.lam}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"elip_cfg.scoring must be one of {list(SCORINGS)}, got {self.scoring!r}")
+        return dataclasses.replace(self, layout=tuple(layout), keep_ratios=tuple(ratios))
+
+
+def _scaled_paper_layout(depth: int) -> Tuple[int, ...]:
+    if depth % 6:
+        raise ValueError(
+            f"elip_cfg.layout: no default layout for a {depth}-layer ViT (the paper's 2/2/6/2 scales to "
+            f"depths divisible by 6); give one, e.g. \"layout\": [...] summing to {depth}")
+    unit = depth // 6
+    return tuple(unit * n for n in PAPER_LAYOUT)

@@ -1,0 +1,215 @@
+"""ELIP models: OpenCLIP's ``VisionTransformer`` and ``CLIP`` with text-guided token pruning.
+
+Like ToMe's ``apply_patch``, ELIP swaps the classes of existing modules (``apply_elip``): no
+parameter is added, copied or renamed, so state dicts stay those of the stock model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.transformer import PatchDropout, ResidualAttentionBlock, VisionTransformer
+from torch.utils.checkpoint import checkpoint
+
+from .config import ElipConfig
+from .tokens import cls_attention, fuse_cls, keep_counts, prune_and_merge
+
+
+@dataclass
+class BlockTrace:
+    """What one pruned block kept, for callers who ask (``ElipVisionTransformer.trace``).
+
+    keep_index: ``B x k`` indices of the kept tokens among the patch tokens entering the block.
+    provenance: ``B x T x P``: for each patch token after pruning (kept ones, then the merged
+        one), its weights over the ``P`` original patches (one-hot for never-merged tokens).
+    """
+
+    block: int
+    keep_index: torch.Tensor
+    provenance: torch.Tensor
+
+
+class ElipVisionTransformer(VisionTransformer):
+    """OpenCLIP ViT image tower with ELIP: ``forward(x, text_features=None)``.
+
+    ``text_features`` are the paired captions' L2-normalised embeddings (``B x embed_dim``).
+    Without them (and without ``prune_without_text``) the forward is the stock one.
+    """
+
+    def __init__(self, *args, elip_cfg: "ElipConfig | dict | None" = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_elip(elip_cfg)
+
+    def init_elip(self, elip_cfg: "ElipConfig | dict | None" = None, **overrides) -> None:
+        """Validate the options against this tower and store them as ``self.elip_cfg``."""
+        blocks = self.transformer.resblocks
+        if not all(type(b) is ResidualAttentionBlock for b in blocks) or not self.transformer.batch_first:
+            raise ValueError(
+                "ELIP needs the default OpenCLIP vision blocks (ResidualAttentionBlock with "
+                "nn.MultiheadAttention, batch first); this tower uses "
+                f"{type(blocks[0]).__name__}: drop the custom block options (qk_norm, scale_*) from vision_cfg")
+        if self.attn_pool is not None or self.pool_type != "tok":
+            raise ValueError(
+                "ELIP pools the CLS token (pool_type 'tok', no attentional_pool); this tower uses "
+                f"pool_type={self.pool_type!r}, attentional_pool={self.attn_pool is not None}")
+        num_tokens = [self.grid_size[0] * self.grid_size[1] + 1]
+        if isinstance(self.patch_dropout, PatchDropout):
+            patches = max(1, int((num_tokens[0] - 1) * (1 - self.patch_dropout.prob)))
+            num_tokens.append(patches + 1)
+        self.elip_cfg = ElipConfig.from_options(elip_cfg, **overrides).resolved(len(blocks), num_tokens)
+        starts = [sum(self.elip_cfg.layout[:b]) for b in range(len(self.elip_cfg.layout))]
+        self._elip_blocks = tuple(zip(starts, self.elip_cfg.layout))
+
+    def tokens_per_block(self, num_tokens: Optional[int] = None) -> Tuple[int, ...]:
+        """Tokens entering each block when guided (CLS and the merged token included)."""
+        n0 = num_tokens or self.grid_size[0] * self.grid_size[1] + 1
+        counts, current = [n0], n0
+        for keep in keep_counts(n0, self.elip_cfg.keep_ratios):
+            keep = min(keep, current - 1)
+            merged = int(self.elip_cfg.merge and keep < current - 1)
+            current = 1 + keep + merged
+            counts.append(current)
+        return tuple(counts)
+
+    def forward(self, x: torch.Tensor, text_features: Optional[torch.Tensor] = None):
+        self._check_inputs(x, text_features)
+        if text_features is None and not self.elip_cfg.prune_without_text:
+            return super().forward(x)
+        return self._forward_pruned(x, text_features, trace=None)
+
+    def trace(self, x: torch.Tensor, text_features: Optional[torch.Tensor] = None):
+        """Forward that also returns a ``BlockTrace`` per pruned block (for visualisation)."""
+        self._check_inputs(x, text_features)
+        trace: List[BlockTrace] = []
+        return self._forward_pruned(x, text_features, trace), trace
+
+    def _check_inputs(self, x: torch.Tensor, text_features: Optional[torch.Tensor]) -> None:
+        if tuple(x.shape[-2:]) != tuple(self.image_size):
+            raise ValueError(
+                f"image batch of shape {tuple(x.shape)} does not match the model's image size "
+                f"{tuple(self.image_size)}: resize with the model's preprocess transform")
+        if text_features is not None:
+            expected = (x.shape[0], self.proj.shape[1])
+            if tuple(text_features.shape) != expected:
+                raise ValueError(
+                    f"text_features of shape {tuple(text_features.shape)} do not match the image batch "
+                    f"{tuple(x.shape)}: expected {expected}, one caption embedding per image")
+
+    def _forward_pruned(self, x, text_features, trace: Optional[List[BlockTrace]]):
+        text_embed = None
+        if text_features is not None:
+            with torch.no_grad():
+                text_embed = text_features.to(self.proj.dtype) @ self.proj.T  # step 1
+        x = self._embeds(x)
+        x = self._pruned_transformer(x, text_embed, trace)
+        pooled, tokens = self._pool(x)
+        if self.proj is not None:
+            pooled = pooled @ self.proj
+        if self.output_tokens:
+            return pooled, tokens
+        return pooled
+
+    def _pruned_transformer(self, x, text_embed, trace):
+        cfg = self.elip_cfg
+        blocks = self.transformer.resblocks
+        keeps = keep_counts(x.shape[1], cfg.keep_ratios)
+        provenance = None
+        if trace is not None:
+            provenance = torch.eye(x.shape[1] - 1, device=x.device).expand(x.shape[0], -1, -1)
+        for b, (start, n_layers) in enumerate(self._elip_blocks):
+            layers = blocks[start:start + n_layers]
+            if b > 0:
+                with torch.no_grad():
+                    scores = self._score(x, layers, text_embed)
+                num_keep = min(keeps[b - 1], x.shape[1] - 1)
+                x, keep_index, weights = prune_and_merge(x, scores, num_keep, cfg.merge)
+                if trace is not None:
+                    provenance = _track(provenance, keep_index, weights, x.shape[1] - 1)
+                    trace.append(BlockTrace(b, keep_index, provenance))
+            for layer in layers:
+                x = self._run_layer(layer, x)
+        return x
+
+    def _score(self, x, layers, text_embed):
+        """Steps 2-3: CLS attention of the fused sequence, ``B x (N - 1)``, no gradient."""
+        z = x if text_embed is None else fuse_cls(x, text_embed, self.elip_cfg.lam)
+        if self.elip_cfg.scoring == "first_layer":
+            return cls_attention(layers[0], z)
+        for layer in layers[:-1]:
+            z = layer(z)
+        return cls_attention(layers[-1], z)
+
+    def _run_layer(self, layer, x):
+        if self.transformer.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(layer, x, None, None, None, use_reentrant=False)
+        return layer(x)
+
+
+def _track(provenance, keep_index, weights, num_out):
+    """Provenance of the tokens after a pruning step (see ``BlockTrace``)."""
+    kept = provenance.gather(1, keep_index.unsqueeze(-1).expand(-1, -1, provenance.shape[-1]))
+    if num_out == kept.shape[1]:
+        return kept
+    return torch.cat([kept, weights.to(provenance.dtype).unsqueeze(1) @ provenance], dim=1)
+
+
+class ElipCLIP(CLIP):
+    """OpenCLIP ``CLIP`` whose image tower is guided by the paired captions in ``forward``."""
+
+    def __init__(self, *args, elip_cfg: "ElipConfig | dict | None" = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        _convert_visual(self.visual, elip_cfg)
+
+    def encode_image(self, image, normalize: bool = False, text_features: Optional[torch.Tensor] = None):
+        features = self.visual(image, text_features=text_features)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
+        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        guide = text_features.detach() if text_features is not None else None
+        image_features = (
+            self.encode_image(image, normalize=True, text_features=guide) if image is not None else None)
+
+        if self.output_dict:
+            out_dict = {
+                "image_features": image_features,
+                "text_features": text_features,
+                "logit_scale": self.logit_scale.exp(),
+            }
+            if self.logit_bias is not None:
+                out_dict["logit_bias"] = self.logit_bias
+            return out_dict
+        if self.logit_bias is not None:
+            return image_features, text_features, self.logit_scale.exp(), self.logit_bias
+        return image_features, text_features, self.logit_scale.exp()
+
+
+def _convert_visual(visual: torch.nn.Module, elip_cfg, **overrides) -> None:
+    if not isinstance(visual, VisionTransformer):
+        raise TypeError(
+            f"ELIP prunes OpenCLIP's own VisionTransformer; this model's image tower is "
+            f"{type(visual).__name__} (timm and ResNet towers are not supported)")
+    stock_class = visual.__class__
+    visual.__class__ = ElipVisionTransformer
+    try:
+        visual.init_elip(elip_cfg, **overrides)
+    except Exception:
+        visual.__class__ = stock_class  # a rejected config leaves the model as it was
+        raise
+
+
+def apply_elip(model: CLIP, elip_cfg: "ElipConfig | dict | None" = None, **options) -> ElipCLIP:
+    """Turn a stock OpenCLIP ViT ``CLIP`` into an ``ElipCLIP``, in place (state dict unchanged).
+
+    ``options`` are ``ElipConfig`` fields, e.g. ``apply_elip(model, lam=1.0, scoring="first_layer")``.
+    """
+    if type(model) not in (CLIP, ElipCLIP):
+        raise TypeError(
+            f"apply_elip takes an open_clip CLIP model (as create_model('ViT-B-16') returns), "
+            f"got {type(model).__name__}")
+    _convert_visual(model.visual, elip_cfg, **options)
+    model.__class__ = ElipCLIP
+    return model
