@@ -4,9 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install patch-deps test lint demo bench clean
+.PHONY: install system-deps patch-deps test lint demo bench clean
 
-install: $(STAMP) patch-deps
+install: $(STAMP) patch-deps system-deps
+
+# Fashion-MNIST (real images, MIT) for the demo: a Debian package; skipped with a note elsewhere.
+system-deps:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+	  echo "note: could not install dataset-fashion-mnist; the demo falls back to torchvision's download"
 
 # torch and torchvision first, at the versions that lie on our machines' disks (see README).
 $(STAMP): setup.cfg setup.py pyproject.toml

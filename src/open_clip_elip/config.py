@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 SCORINGS = ("lookahead", "first_layer")
-PAPER_LAYOUT = (2, 2, 6, 2)  # layers per block for a 12-layer ViT (ELIP-SPEC.md)
 PAPER_KEEP_RATIOS = (0.9, 0.65, 0.4)
 
 
@@ -83,5 +82,5 @@ def _scaled_paper_layout(depth: int) -> Tuple[int, ...]:
         raise ValueError(
             f"elip_cfg.layout: no default layout for a {depth}-layer ViT (the paper's 2/2/6/2 scales to "
             f"depths divisible by 6); give one, e.g. \"layout\": [...] summing to {depth}")
-    unit = depth // 6
-    return tuple(unit * n for n in PAPER_LAYOUT)
+    unit = depth // 6  # the paper's 2/2/6/2 is 1/6, 1/6, 1/2, 1/6 of 12 layers
+    return (unit, unit, 3 * unit, unit)

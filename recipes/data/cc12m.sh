@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# CC12M -> webdataset shards in OpenCLIP's format (jpg + txt + json per sample, sizes.json beside them).
+# Input: Google's cc12m.tsv (url<TAB>caption, no header) from the Conceptual 12M repository.
+# Output: $OUTPUT/00000.tar ... + sizes.json; the normalised url/caption table at $OUTPUT.parquet (.tsv without pyarrow).
+# Downloads with img2dataset: pip install 'open_clip_elip[data]'. Re-running resumes unfinished shards;
+# extra arguments are passed on (e.g. --table-only to print the img2dataset command instead).
+# Every variable below can be set from the environment.
+set -euo pipefail
+PYTHON=${PYTHON:-python}
+DATA_ROOT=${DATA_ROOT:-data}
+CC12M_TSV=${CC12M_TSV:-$DATA_ROOT/annotations/cc12m.tsv}
+OUTPUT=${OUTPUT:-$DATA_ROOT/cc12m}
+PROCESSES=${PROCESSES:-$(nproc)}
+THREADS=${THREADS:-64}
+IMAGE_SIZE=${IMAGE_SIZE:-256}
+SAMPLES_PER_SHARD=${SAMPLES_PER_SHARD:-10000}
+
+"$PYTHON" -m open_clip_elip.shards cc12m "$CC12M_TSV" --output "$OUTPUT" --processes "$PROCESSES" \
+    --threads "$THREADS" --image-size "$IMAGE_SIZE" --samples-per-shard "$SAMPLES_PER_SHARD" "$@"

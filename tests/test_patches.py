@@ -1,0 +1,80 @@
+"""patches/apply.py on a copy of the installed clip_benchmark (the real install is left alone)."""
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PATCHES = sorted((REPO / "patches").glob("*.patch"))
+LINEAR_PROBE = Path("clip_benchmark/metrics/linear_probe.py")
+
+
+def apply(site, *args):
+    return subprocess.run([sys.executable, str(REPO / "patches/apply.py"), "--path", str(site), *args],
+                          capture_output=True, text=True)
+
+
+def copy_package(site: Path, version: str) -> Path:
+    """The installed clip_benchmark's code under ``site``, with a dist-info claiming ``version``."""
+    installed = Path(metadata.distribution("clip_benchmark").locate_file("clip_benchmark"))
+    shutil.copytree(installed, site / "clip_benchmark", ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+    info = site / f"clip_benchmark-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: clip-benchmark\nVersion: {version}\n")
+    return site
+
+
+@pytest.fixture
+def pristine(tmp_path):
+    """A copy with the patches reverted (whether or not `make patch-deps` has run on the install)."""
+    site = copy_package(tmp_path, "1.6.2")
+    assert apply(site, "--revert").returncode == 0
+    return site
+
+
+def test_patches_are_documented():
+    assert PATCHES
+    for patch in PATCHES:
+        header = patch.read_text().split("\n--- ")[0]
+        assert "# Package: clip_benchmark==1.6.2" in header and "# Fixes:" in header and "# Change:" in header
+
+
+def test_apply_is_idempotent(pristine):
+    source = (pristine / LINEAR_PROBE).read_text()
+    assert "assert device == 'cuda'" in source
+
+    first = apply(pristine)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [f"applied: {p.name}" for p in PATCHES]
+    patched = (pristine / LINEAR_PROBE).read_text()
+    assert "assert device == 'cuda'" not in patched and "model.to(device)" in patched
+
+    second = apply(pristine)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == [f"already applied: {p.name}" for p in PATCHES]
+    assert (pristine / LINEAR_PROBE).read_text() == patched
+
+    assert apply(pristine, "--revert").returncode == 0
+    assert (pristine / LINEAR_PROBE).read_text() == source
+
+
+def test_refuses_another_version(tmp_path):
+    site = copy_package(tmp_path, "1.6.1")
+    before = (site / LINEAR_PROBE).read_text()
+    result = apply(site)
+    assert result.returncode == 1
+    assert "made for clip_benchmark 1.6.2, but clip_benchmark 1.6.1 is installed" in result.stderr
+    assert (site / LINEAR_PROBE).read_text() == before
+
+
+def test_refuses_changed_files_and_missing_package(pristine, tmp_path):
+    target = pristine / LINEAR_PROBE
+    target.write_text(target.read_text().replace("model = model.cuda()", "model = model.cuda()  # edited"))
+    result = apply(pristine, str(PATCHES[-1]))
+    assert result.returncode == 1 and "does not apply" in result.stderr and PATCHES[-1].name in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = apply(tmp_path / "empty")
+    assert result.returncode == 1 and "clip_benchmark is not installed" in result.stderr
