@@ -70,7 +70,8 @@ def prune_and_merge(
     """
     patches = x[:, 1:]
     keep_index = select_tokens(scores, num_keep)
-    kept = patches.gather(1, keep_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+    kept = patches[rows, keep_index]  # unlike gather, saves only the indices for backward
     weights = merge_weights(scores, keep_index)
     parts = [x[:, :1], kept]
     if merge and num_keep < patches.shape[1]:
