@@ -1,4 +1,4 @@
-"""patches/apply.py on a copy of the installed clip_benchmark (the real install is left alone)."""
+"""patches/apply.py: its patches, and how it applies them (on a copy of the installed clip_benchmark)."""
 import shutil
 import subprocess
 import sys
@@ -9,11 +9,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = sorted((REPO / "patches").glob("*.patch"))
+CLIP_BENCHMARK_PATCHES = [p for p in PATCHES if "# Package: clip_benchmark==1.6.2" in p.read_text()]
 LINEAR_PROBE = Path("clip_benchmark/metrics/linear_probe.py")
 
 
 def apply(site, *args):
-    return subprocess.run([sys.executable, str(REPO / "patches/apply.py"), "--path", str(site), *args],
+    """apply.py on the packages under ``site``, with clip_benchmark's patches unless others are named."""
+    patches = [a for a in args if a.endswith(".patch")] or [str(p) for p in CLIP_BENCHMARK_PATCHES]
+    flags = [a for a in args if not a.endswith(".patch")]
+    return subprocess.run([sys.executable, str(REPO / "patches/apply.py"), "--path", str(site), *flags, *patches],
                           capture_output=True, text=True)
 
 
@@ -35,11 +39,14 @@ def pristine(tmp_path):
     return site
 
 
-def test_patches_are_documented():
-    assert PATCHES
+def test_patches_are_documented_and_applied_to_the_installed_packages():
+    assert CLIP_BENCHMARK_PATCHES
     for patch in PATCHES:
         header = patch.read_text().split("\n--- ")[0]
-        assert "# Package: clip_benchmark==1.6.2" in header and "# Fixes:" in header and "# Change:" in header
+        assert "# Package: " in header and "# Fixes:" in header and "# Change:" in header
+    result = subprocess.run([sys.executable, str(REPO / "patches/apply.py")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"already applied: {p.name}" for p in PATCHES]  # by `make install`
 
 
 def test_apply_is_idempotent(pristine):
@@ -48,13 +55,13 @@ def test_apply_is_idempotent(pristine):
 
     first = apply(pristine)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == [f"applied: {p.name}" for p in PATCHES]
+    assert first.stdout.splitlines() == [f"applied: {p.name}" for p in CLIP_BENCHMARK_PATCHES]
     patched = (pristine / LINEAR_PROBE).read_text()
     assert "assert device == 'cuda'" not in patched and "model.to(device)" in patched
 
     second = apply(pristine)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.splitlines() == [f"already applied: {p.name}" for p in PATCHES]
+    assert second.stdout.splitlines() == [f"already applied: {p.name}" for p in CLIP_BENCHMARK_PATCHES]
     assert (pristine / LINEAR_PROBE).read_text() == patched
 
     assert apply(pristine, "--revert").returncode == 0
@@ -73,8 +80,9 @@ def test_refuses_another_version(tmp_path):
 def test_refuses_changed_files_and_missing_package(pristine, tmp_path):
     target = pristine / LINEAR_PROBE
     target.write_text(target.read_text().replace("model = model.cuda()", "model = model.cuda()  # edited"))
-    result = apply(pristine, str(PATCHES[-1]))
-    assert result.returncode == 1 and "does not apply" in result.stderr and PATCHES[-1].name in result.stderr
+    patch = CLIP_BENCHMARK_PATCHES[-1]
+    result = apply(pristine, str(patch))
+    assert result.returncode == 1 and "does not apply" in result.stderr and patch.name in result.stderr
     (tmp_path / "empty").mkdir()
     result = apply(tmp_path / "empty")
     assert result.returncode == 1 and "clip_benchmark is not installed" in result.stderr

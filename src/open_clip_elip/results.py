@@ -143,11 +143,15 @@ def results_table(results: pd.DataFrame, baseline: str | None = None, paper: boo
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
-    """A Markdown table (numbers with ``digits`` decimals, blank where missing)."""
+    """A Markdown table (numbers with ``digits`` decimals, blank where missing, text as it is)."""
+    def cell(value):
+        if isinstance(value, str):
+            return value
+        return "" if pd.isna(value) else f"{value:.{digits}f}"
+
     def cells(values):
         return "| " + " | ".join(values) + " |"
-    rows = [cells([str(label), *("" if pd.isna(v) else f"{v:.{digits}f}" for v in values)])
-            for label, values in zip(table.index, table.to_numpy())]
+    rows = [cells([str(label), *map(cell, values)]) for label, values in zip(table.index, table.to_numpy())]
     return "\n".join([cells([table.index.name or "", *table.columns]),
                       cells(["---", *["---:"] * len(table.columns)]), *rows]) + "\n"
 
