@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
+from .model import check_prunable, pool_and_project
 from .tokens import select_tokens
 
 EVIT_KEEP_RATE = 0.7
@@ -75,11 +76,8 @@ class EvitVisionTransformer(VisionTransformer):
     def init_evit(self, keep_rate: float = EVIT_KEEP_RATE, prune_layers: Optional[Sequence[int]] = None,
                   fuse: bool = True) -> None:
         """Check the options against this tower and store them."""
+        check_prunable(self, "EViT")
         blocks = self.transformer.resblocks
-        if not all(type(b) is ResidualAttentionBlock for b in blocks) or not self.transformer.batch_first:
-            raise ValueError("EViT needs the default OpenCLIP vision blocks (ResidualAttentionBlock, batch first)")
-        if self.attn_pool is not None or self.pool_type != "tok":
-            raise ValueError(f"EViT pools the CLS token (pool_type 'tok'); this tower uses {self.pool_type!r}")
         if not 0.0 < keep_rate <= 1.0:
             raise ValueError(f"EViT keep_rate must lie in (0, 1], got {keep_rate}")
         layers = evit_prune_layers(len(blocks)) if prune_layers is None else tuple(sorted(prune_layers))
@@ -107,12 +105,7 @@ class EvitVisionTransformer(VisionTransformer):
                 x = evit_layer(layer, x, self.evit_keep_rate, self.evit_fuse)
             else:
                 x = layer(x)
-        pooled, tokens = self._pool(x)
-        if self.proj is not None:
-            pooled = pooled @ self.proj
-        if self.output_tokens:
-            return pooled, tokens
-        return pooled
+        return pool_and_project(self, x)
 
 
 def apply_evit(visual: VisionTransformer, keep_rate: float = EVIT_KEEP_RATE,

@@ -45,16 +45,8 @@ class ElipVisionTransformer(VisionTransformer):
 
     def init_elip(self, elip_cfg: "ElipConfig | dict | None" = None, **overrides) -> None:
         """Validate the options against this tower and store them as ``self.elip_cfg``."""
+        check_prunable(self, "ELIP")
         blocks = self.transformer.resblocks
-        if not all(type(b) is ResidualAttentionBlock for b in blocks) or not self.transformer.batch_first:
-            raise ValueError(
-                "ELIP needs the default OpenCLIP vision blocks (ResidualAttentionBlock with "
-                "nn.MultiheadAttention, batch first); this tower uses "
-                f"{type(blocks[0]).__name__}: drop the custom block options (qk_norm, scale_*) from vision_cfg")
-        if self.attn_pool is not None or self.pool_type != "tok":
-            raise ValueError(
-                "ELIP pools the CLS token (pool_type 'tok', no attentional_pool); this tower uses "
-                f"pool_type={self.pool_type!r}, attentional_pool={self.attn_pool is not None}")
         num_tokens = [self.grid_size[0] * self.grid_size[1] + 1]
         if isinstance(self.patch_dropout, PatchDropout):
             patches = max(1, int((num_tokens[0] - 1) * (1 - self.patch_dropout.prob)))
@@ -104,13 +96,7 @@ class ElipVisionTransformer(VisionTransformer):
             with torch.no_grad():
                 text_embed = text_features.to(self.proj.dtype) @ self.proj.T  # step 1
         x = self._embeds(x)
-        x = self._pruned_transformer(x, text_embed, trace)
-        pooled, tokens = self._pool(x)
-        if self.proj is not None:
-            pooled = pooled @ self.proj
-        if self.output_tokens:
-            return pooled, tokens
-        return pooled
+        return pool_and_project(self, self._pruned_transformer(x, text_embed, trace))
 
     def _pruned_transformer(self, x, text_embed, trace):
         cfg = self.elip_cfg
@@ -146,6 +132,28 @@ class ElipVisionTransformer(VisionTransformer):
         if self.transformer.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint(layer, x, None, None, None, use_reentrant=False)
         return layer(x)
+
+
+def check_prunable(visual: VisionTransformer, method: str) -> None:
+    """Token pruning needs OpenCLIP's default ViT blocks and CLS pooling: ValueError otherwise."""
+    blocks = visual.transformer.resblocks
+    if not all(type(b) is ResidualAttentionBlock for b in blocks) or not visual.transformer.batch_first:
+        raise ValueError(
+            f"{method} needs the default OpenCLIP vision blocks (ResidualAttentionBlock with "
+            f"nn.MultiheadAttention, batch first); this tower uses {type(blocks[0]).__name__}: "
+            "drop the custom block options (qk_norm, scale_*) from vision_cfg")
+    if visual.attn_pool is not None or visual.pool_type != "tok":
+        raise ValueError(
+            f"{method} pools the CLS token (pool_type 'tok', no attentional_pool); this tower uses "
+            f"pool_type={visual.pool_type!r}, attentional_pool={visual.attn_pool is not None}")
+
+
+def pool_and_project(visual: VisionTransformer, x: torch.Tensor):
+    """The stock tower's tail, as in ``VisionTransformer.forward``: pool, project, tokens if asked."""
+    pooled, tokens = visual._pool(x)
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return (pooled, tokens) if visual.output_tokens else pooled
 
 
 def _track(provenance, keep_index, weights, num_out):
