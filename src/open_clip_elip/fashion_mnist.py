@@ -19,6 +19,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from .shards import write_sizes
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "open_clip_elip" / "fashion-mnist"
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
@@ -126,9 +128,7 @@ def write_train_shards(images: np.ndarray, labels: np.ndarray, folder: Path, see
     with wds.ShardWriter(str(partial / "train-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
         for i, (image, caption) in enumerate(zip(images, captions(labels, seed))):
             sink.write({"__key__": f"{i:06d}", "jpg": jpeg_bytes(image), "txt": caption})
-    shards = sorted(partial.glob("train-*.tar"))
-    sizes = {p.name: min(shard_size, len(images) - i * shard_size) for i, p in enumerate(shards)}
-    (partial / "sizes.json").write_text(json.dumps(sizes, indent=1))
+    write_sizes(partial)
     partial.rename(folder)
     return folder
 
