@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps patch-deps test lint demo bench clean
+.PHONY: install system-deps patch-deps test lint demo bench study clean
 
 install: $(STAMP) patch-deps system-deps
 
@@ -19,7 +19,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[eval,test]'
+	$(PY) -m pip install --quiet -e '.[eval,study,test]'
 	touch $(STAMP)
 
 patch-deps: $(STAMP)
@@ -36,6 +36,10 @@ demo: install
 
 bench: install
 	$(PY) -m open_clip_elip.bench
+
+# the study: every method, several seeds, about an hour on 2 cores; report in runs/study
+study: install
+	$(PY) -m open_clip_elip.study
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -116,8 +116,8 @@ def test_recipe_commands_parse(monkeypatch, tmp_path):
     *evals, table = map(shlex.split, lines)
     runs = set()
     for argv in evals:
-        assert argv[:2] == ["clip_benchmark", "eval"]
-        monkeypatch.setattr(sys, "argv", argv)
+        assert argv[1:4] == ["-m", "clip_benchmark.cli", "eval"]  # clip_benchmark of the recipes' python
+        monkeypatch.setattr(sys, "argv", ["clip_benchmark", *argv[3:]])
         _, args = get_parser_args()
         assert Path(args.output).parent == out / {"stock.pt": "stock", "elip.pt": "elip"}[args.pretrained[0]]
         runs.add((args.model[0], args.task, args.dataset[0].removeprefix("wds/")))

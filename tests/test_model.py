@@ -1,4 +1,4 @@
-"""ElipVisionTransformer / ElipCLIP / apply_elip against the spec (ELIP-SPEC.md) and the stock models."""
+"""ElipVisionTransformer / ElipCLIP / apply_elip against the method (docs/method.md) and the stock models."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,7 @@ def test_vit_b32_token_counts_and_trace(vit_b32_pair):
     assert torch.equal(first.provenance[:, :-1], one_hot)
 
 
-# --- 3. the vectorised implementation equals the spec's six steps ---------------------------------------
+# --- 3. the vectorised implementation equals the six steps of docs/method.md ----------------------------
 
 def reference_embed(visual, image):
     x = visual.conv1(image).flatten(2).transpose(1, 2)
@@ -134,11 +134,13 @@ def reference_cls_attention(layer, z):
 
 
 def reference_forward(visual, image, text):
-    """ELIP-SPEC.md's steps 1-6, written out plainly, one sample and one token at a time."""
+    """Steps 1-6 of docs/method.md, written out plainly, one sample and one token at a time."""
     cfg = visual.elip_cfg
     blocks = list(visual.transformer.resblocks)
     x = reference_embed(visual, image)
-    n0 = x.shape[1]
+    n0, batch = x.shape[1], x.shape[0]
+    if cfg.caption_pairing == "other_row":  # image i is guided by caption i + 1, the last by the first
+        text = torch.stack([text[(i + 1) % batch] for i in range(batch)])
     t_w = text @ visual.proj.T  # step 1
     kept_per_block, smallest_gap, start = [], float("inf"), 0
     for b, n_layers in enumerate(cfg.layout):
@@ -148,7 +150,11 @@ def reference_forward(visual, image, text):
             k = int(n0 * cfg.keep_ratios[b - 1])
             with torch.no_grad():
                 z = x.detach().clone()  # step 2
-                z[:, 0] = (1 - cfg.lam) * t_w + cfg.lam * z[:, 0]
+                for i in range(batch):
+                    cls, text_term = z[i, 0].clone(), t_w[i]
+                    if cfg.fusion == "norm_matched":  # the text term gets the length of this image's CLS
+                        text_term = text_term / torch.linalg.vector_norm(text_term) * torch.linalg.vector_norm(cls)
+                    z[i, 0] = (1 - cfg.lam) * text_term + cfg.lam * cls
                 scoring_layers = layers if cfg.scoring == "lookahead" else layers[:1]
                 for layer in scoring_layers[:-1]:  # step 3
                     z = layer(z)
@@ -185,7 +191,11 @@ def visual_grads(model):
     {"lam": 1.0},
     {"lam": 0.0},
     {"keep_ratios": [1.0, 0.65, 0.4]},  # block II keeps every token: no merged token
-], ids=["tiny", "lookahead", "first_layer", "no_merge", "vision_only", "text_only", "keep_all"])
+    {"fusion": "norm_matched", "lam": 0.5},  # lam 0.5: the text term weighs as much as the CLS
+    {"caption_pairing": "other_row", "lam": 0.5},
+    {"fusion": "norm_matched", "caption_pairing": "other_row", "lam": 0.2},
+], ids=["tiny", "lookahead", "first_layer", "no_merge", "vision_only", "text_only", "keep_all",
+        "norm_matched", "other_row", "norm_matched_other_row"])
 def test_guided_forward_equals_the_spec_written_out(tiny_configs, options):
     model = tiny_elip(seed=2, **options).eval()  # a seed whose selections have no near-tie (asserted below)
     visual = model.visual
@@ -222,6 +232,59 @@ def test_prune_without_text_is_vision_only_pruning(tiny_configs):
         torch.testing.assert_close(model.encode_image(image), model.encode_image(image, text_features=text_features(2)),
                                    rtol=0, atol=0)
     assert tokens_entering_layers(model.visual, image)[0] == per_layer([65, 60, 44, 28], [1, 2, 2, 1])
+
+
+@pytest.mark.parametrize("option", [{"fusion": "norm_matched"}, {"caption_pairing": "other_row"}],
+                         ids=["norm_matched", "other_row"])
+def test_fusion_and_pairing_options_change_nothing_vision_only(tiny_configs, option):
+    image, text = images(3), text_features(3)
+    outputs = {}
+    for lam in (1.0, 0.5):
+        for options in ({}, option):
+            model = tiny_elip(seed=2, lam=lam, **options).eval()  # the same weights each time
+            with torch.no_grad():
+                out, trace = model.visual.trace(image, text)
+            outputs[lam, bool(options)] = out, [t.keep_index for t in trace]
+    (stock_out, stock_kept), (out, kept) = outputs[1.0, False], outputs[1.0, True]
+    assert torch.equal(out, stock_out)  # lam = 1: the text term is weighed 0, whatever it is
+    assert all(torch.equal(a, b) for a, b in zip(kept, stock_kept))
+    (paper_out, _), (option_out, _) = outputs[0.5, False], outputs[0.5, True]
+    assert not torch.allclose(option_out, paper_out)  # while at lam = 0.5 the option matters
+
+
+def test_other_row_guides_each_image_by_the_next_caption(tiny_configs):
+    image, text = images(3), text_features(3)
+    paired, other = tiny_elip(seed=2, lam=0.0), tiny_elip(seed=2, lam=0.0, caption_pairing="other_row")
+    with torch.no_grad():
+        expected = paired.visual(image, text[[1, 2, 0]])
+        assert torch.equal(other.visual(image, text), expected)
+        assert not torch.allclose(paired.visual(image, text), expected)
+
+
+def test_other_row_needs_two_images(tiny_configs):
+    model = tiny_elip(caption_pairing="other_row").eval()
+    with pytest.raises(ValueError, match="caption_pairing.*other_row.*got 1"):
+        model.visual(images(1), text_features(1))
+    with pytest.raises(ValueError, match="caption_pairing.*other_row"):
+        model(images(1), tokenize(CAPTIONS[:1], context_length=16))
+    with torch.no_grad():  # without a caption (evaluation) a single image is fine
+        assert model.encode_image(images(1)).shape == (1, 32)
+        assert model.encode_image(images(2), text_features=text_features(2)).shape == (2, 32)
+
+
+def test_norm_matched_is_blind_to_the_text_embedding_scale(tiny_configs):
+    image, text = images(3), text_features(3)
+    scale = torch.tensor([[0.01], [3.0], [40.0]])
+    results = {}
+    for fusion in ("paper", "norm_matched"):
+        model = tiny_elip(seed=2, lam=0.5, fusion=fusion).eval()
+        with torch.no_grad():
+            results[fusion] = [model.visual.trace(image, t) for t in (text, text * scale)]
+    (out, trace), (scaled_out, scaled_trace) = results["norm_matched"]
+    assert [t.keep_index.tolist() for t in trace] == [t.keep_index.tolist() for t in scaled_trace]
+    torch.testing.assert_close(out, scaled_out, rtol=1e-5, atol=1e-5)
+    (out, trace), (scaled_out, scaled_trace) = results["paper"]  # the paper's fusion is not
+    assert [t.keep_index.tolist() for t in trace] != [t.keep_index.tolist() for t in scaled_trace]
 
 
 # --- 4. stop-gradient -------------------------------------------------------------------------------------
@@ -385,6 +448,10 @@ def test_mismatched_caption_batch_in_clip_forward(tiny_configs):
     ({"layout": [2, 0, 1, 1]}, "layout"),
     ({"scoring": "random"}, "scoring"),
     ({"lam": 1.5}, "lam"),
+    ({"fusion": "norm"}, "fusion"),
+    ({"fusion": None}, "fusion"),
+    ({"caption_pairing": "shuffled"}, "caption_pairing"),
+    ({"caption_pairing": "other-row"}, "caption_pairing"),
     ({"keep_ratio": 0.5}, "keep_ratio"),  # unknown key
 ])
 def test_bad_options_raise_and_leave_the_model_stock(tiny_configs, options, named):

@@ -1,4 +1,4 @@
-"""The pure maths of src/open_clip_elip/tokens.py against the spec's formulas (ELIP-SPEC.md)."""
+"""The pure maths of src/open_clip_elip/tokens.py against the method's formulas (docs/method.md)."""
 import pytest
 import torch
 from open_clip.transformer import ResidualAttentionBlock
@@ -9,6 +9,7 @@ from open_clip_elip.tokens import (
     fuse_cls,
     keep_counts,
     merge_weights,
+    other_row,
     prune_and_merge,
     select_tokens,
 )
@@ -34,6 +35,38 @@ def test_fuse_cls_mixes_only_the_cls_of_a_copy():
     assert torch.equal(fused[:, 1:], x[:, 1:])
     assert torch.equal(x, before)
     assert torch.equal(fuse_cls(x, text_embed, lam=1.0), x)
+
+
+def test_fuse_cls_norm_matched_rescales_each_text_row_to_its_cls_norm():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 8) * torch.tensor([0.5, 2.0, 9.0]).view(3, 1, 1)  # CLS norms far apart
+    text_embed = torch.randn(3, 8) * torch.tensor([[0.01], [1.0], [30.0]])  # and text norms too
+    before = x.clone()
+    fused = fuse_cls(x, text_embed, lam=0.3, norm_matched=True)
+    for i in range(3):
+        cls, text = x[i, 0], text_embed[i]
+        rescaled = text * (cls.norm() / text.norm())
+        torch.testing.assert_close(rescaled.norm(), cls.norm())
+        torch.testing.assert_close(fused[i, 0], 0.7 * rescaled + 0.3 * cls)
+    assert torch.equal(fused[:, 1:], x[:, 1:])
+    assert torch.equal(x, before)
+    # only the direction of the text counts; the paper's fusion does depend on its length
+    torch.testing.assert_close(fuse_cls(x, text_embed * 5.0, lam=0.3, norm_matched=True), fused)
+    assert not torch.allclose(fuse_cls(x, text_embed, lam=0.3), fused)
+    assert torch.equal(fuse_cls(x, text_embed, lam=1.0, norm_matched=True), x)
+    text_only = fuse_cls(x, text_embed, lam=0.0, norm_matched=True)[:, 0]
+    torch.testing.assert_close(text_only.norm(dim=-1), x[:, 0].norm(dim=-1))
+
+
+def test_other_row_pairs_each_row_with_the_next():
+    features = torch.arange(5.0).unsqueeze(1).expand(5, 3)
+    assert other_row(features)[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 0.0]
+    two = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.equal(other_row(two), two.flip(0))
+    for batch in range(2, 7):  # never a row's own
+        rows = other_row(torch.arange(batch).unsqueeze(1)).squeeze(1)
+        assert not torch.any(rows == torch.arange(batch))
+        assert sorted(rows.tolist()) == list(range(batch))
 
 
 @pytest.mark.parametrize("heads", [1, 4])

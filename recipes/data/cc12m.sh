@@ -6,7 +6,7 @@
 # extra arguments are passed on (e.g. --table-only to print the img2dataset command instead).
 # Every variable below can be set from the environment.
 set -euo pipefail
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/../python.sh"  # PYTHON: $PYTHON, else the repository's .venv, else python3
 DATA_ROOT=${DATA_ROOT:-data}
 CC12M_TSV=${CC12M_TSV:-$DATA_ROOT/annotations/cc12m.tsv}
 OUTPUT=${OUTPUT:-$DATA_ROOT/cc12m}

@@ -6,7 +6,7 @@
 # extra arguments are passed on (e.g. --table-only to print the img2dataset command instead).
 # Every variable below can be set from the environment.
 set -euo pipefail
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/../python.sh"  # PYTHON: $PYTHON, else the repository's .venv, else python3
 DATA_ROOT=${DATA_ROOT:-data}
 CC3M_TSV=${CC3M_TSV:-$DATA_ROOT/annotations/Train_GCC-training.tsv}
 OUTPUT=${OUTPUT:-$DATA_ROOT/cc3m}

@@ -6,7 +6,7 @@
 # Output: $OUTPUT/00000.tar ... + sizes.json. Set OVERWRITE=1 to replace shards already in $OUTPUT.
 # Every variable below can be set from the environment; extra arguments are passed on.
 set -euo pipefail
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/../python.sh"  # PYTHON: $PYTHON, else the repository's .venv, else python3
 DATA_ROOT=${DATA_ROOT:-data}
 COCO_CAPTIONS=${COCO_CAPTIONS:-$DATA_ROOT/coco/annotations/captions_train2017.json}
 COCO_IMAGES=${COCO_IMAGES:-$DATA_ROOT/coco/train2017}

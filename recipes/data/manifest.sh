@@ -6,7 +6,7 @@
 # or set SOURCES to a space-separated list of shard folders. Extra arguments are passed on (--json).
 # Always pass the printed --train-num-samples: with several sources OpenCLIP reads only the first sizes.json.
 set -euo pipefail
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/../python.sh"  # PYTHON: $PYTHON, else the repository's .venv, else python3
 DATA_ROOT=${DATA_ROOT:-data}
 MIX=${MIX:-cc3m+}
 case "$MIX" in

@@ -8,7 +8,7 @@
 # extra arguments are passed on (e.g. --table-only to print the img2dataset command instead).
 # Every variable below can be set from the environment.
 set -euo pipefail
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/../python.sh"  # PYTHON: $PYTHON, else the repository's .venv, else python3
 DATA_ROOT=${DATA_ROOT:-data}
 SBU_URLS=${SBU_URLS:-$DATA_ROOT/annotations/SBU_captioned_photo_dataset_urls.txt}
 SBU_CAPTIONS=${SBU_CAPTIONS:-$DATA_ROOT/annotations/SBU_captioned_photo_dataset_captions.txt}

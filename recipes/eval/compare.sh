@@ -11,7 +11,7 @@
 # DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
 
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/../python.sh"  # PYTHON: $PYTHON, else the repository's .venv, else python3
 DRY_RUN=${DRY_RUN:-0}
 
 if [[ $# -ne 5 ]]; then

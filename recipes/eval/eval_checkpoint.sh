@@ -29,7 +29,7 @@ LP_IMAGENET_R_ROOT=${LP_IMAGENET_R_ROOT:-data/wds_lp_imagenet-r}
 
 BATCH_SIZE=${BATCH_SIZE:-256}
 NUM_WORKERS=${NUM_WORKERS:-8}
-CLIP_BENCHMARK=${CLIP_BENCHMARK:-clip_benchmark}      # the clip_benchmark command (a venv's bin/clip_benchmark)
+CLIP_BENCHMARK=${CLIP_BENCHMARK:-}                    # the clip_benchmark command; default: $PYTHON -m clip_benchmark.cli
 EXTRA_ARGS=${EXTRA_ARGS:-}                            # more clip_benchmark eval options, e.g. --skip_existing
 LP_ARGS=${LP_ARGS:-}                                  # linear-probe options, e.g. --fewshot_epochs 20
 DRY_RUN=${DRY_RUN:-0}
@@ -39,6 +39,12 @@ if [[ $# -ne 3 ]]; then
     exit 2
 fi
 MODEL=$1 CHECKPOINT=$2 OUTDIR=$3
+source "$(dirname "${BASH_SOURCE[0]}")/../python.sh"  # PYTHON: $PYTHON, else the repository's .venv, else python3
+if [[ -n "$CLIP_BENCHMARK" ]]; then
+    read -ra clip_benchmark <<<"$CLIP_BENCHMARK"
+else
+    clip_benchmark=("$PYTHON" -m clip_benchmark.cli)  # the environment that has open_clip_elip registers the models
+fi
 
 run() {
     if [[ $DRY_RUN == 1 ]]; then
@@ -53,12 +59,12 @@ common=(--model "$MODEL" --pretrained "$CHECKPOINT" --batch_size "$BATCH_SIZE" -
         --output "$OUTDIR/{dataset}_{model}_{task}.json" $EXTRA_ARGS)
 
 zero_shot() {  # DATASET ROOT
-    run $CLIP_BENCHMARK eval --task zeroshot_classification --dataset "$1" --dataset_root "$2" "${common[@]}"
+    run "${clip_benchmark[@]}" eval --task zeroshot_classification --dataset "$1" --dataset_root "$2" "${common[@]}"
 }
 
 linear_probe() {  # DATASET ROOT
     # shellcheck disable=SC2086
-    run $CLIP_BENCHMARK eval --task linear_probe --dataset "$1" --dataset_root "$2" --train_split train \
+    run "${clip_benchmark[@]}" eval --task linear_probe --dataset "$1" --dataset_root "$2" --train_split train \
         --split test --feature_root "$OUTDIR/features" "${common[@]}" $LP_ARGS
 }
 

@@ -6,7 +6,8 @@
 #
 #   LAUNCHER=torchrun (default)  one node: torchrun --nproc_per_node $GPUS_PER_NODE
 #   LAUNCHER=srun                in a SLURM allocation, one task per GPU (recipes/train/slurm.sbatch sets it)
-#   DRY_RUN=1                    print the command instead of running it
+#   DRY_RUN=1                    print the command instead of running it (also before the shards exist)
+#   PYTHON                       the environment's python (default: the repository's .venv, else python3)
 #
 # The per-GPU batch is PAPER_BATCH / (NODES x GPUS_PER_NODE): the paper's total batch at any GPU count
 # that divides it, with no gradient accumulation. Rerunning a recipe resumes its run (--resume latest).
@@ -22,7 +23,7 @@ TRAIN_DATA=${TRAIN_DATA:-}               # set both to skip counting the shards 
 TRAIN_NUM_SAMPLES=${TRAIN_NUM_SAMPLES:-}
 IMAGENET_VAL=${IMAGENET_VAL:-}           # ImageNet val folder: OpenCLIP's zero-shot eval during training
 LOG_DIR=${LOG_DIR:-logs}
-PYTHON=${PYTHON:-python}
+source "$(dirname "${BASH_SOURCE[0]}")/../python.sh"  # PYTHON: $PYTHON, else the repository's .venv, else python3
 
 # --- machines -------------------------------------------------------------------------------------
 LAUNCHER=${LAUNCHER:-torchrun}
@@ -30,7 +31,7 @@ NODES=${NODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-4}        # the paper: 4 GPUs in all
 WORKERS=${WORKERS:-8}                    # data loader processes per GPU
 
-# --- training: the paper's settings (ELIP-SPEC.md) and OpenCLIP's usual flags ---------------------
+# --- training: the paper's settings (docs/method.md) and OpenCLIP's usual flags -------------------
 EPOCHS=${EPOCHS:-32}
 LR=${LR:-1e-3}
 WD=${WD:-0.1}
@@ -57,14 +58,30 @@ case "$RUN_DATA" in
   *) echo "error: RUN_DATA must be cc3m+ or cc12m+, got '$RUN_DATA'" >&2; exit 2 ;;
 esac
 if [[ -z "$TRAIN_DATA" || -z "$TRAIN_NUM_SAMPLES" ]]; then
-  no_shards="error: no $RUN_DATA shards in ${SOURCES[*]}: build them with recipes/data/*.sh (DATA_ROOT=$DATA_ROOT),"
-  no_shards+=" or set TRAIN_DATA and TRAIN_NUM_SAMPLES"
+  missing=()
   for folder in "${SOURCES[@]}"; do
-    if [[ ! -d "$folder" ]]; then echo "$no_shards" >&2; exit 2; fi
+    compgen -G "$folder/*.tar" >/dev/null || missing+=("$folder")
   done
-  manifest=$("$PYTHON" -m open_clip_elip.shards manifest --json "${SOURCES[@]}") || { echo "$no_shards" >&2; exit 2; }
-  read -r TRAIN_NUM_SAMPLES TRAIN_DATA < <("$PYTHON" -c \
-    'import json, sys; m = json.load(sys.stdin); print(m["train_num_samples"], m["train_data"])' <<<"$manifest")
+  how="build them with recipes/data/*.sh (DATA_ROOT=$DATA_ROOT), or set TRAIN_DATA and TRAIN_NUM_SAMPLES"
+  problem=
+  if (( ${#missing[@]} )); then
+    problem="no $RUN_DATA shards in ${missing[*]}"
+  elif manifest=$("$PYTHON" -m open_clip_elip.shards manifest --json "${SOURCES[@]}"); then
+    read -r TRAIN_NUM_SAMPLES TRAIN_DATA < <("$PYTHON" -c \
+      'import json, sys; m = json.load(sys.stdin); print(m["train_num_samples"], m["train_data"])' <<<"$manifest")
+  else
+    problem="the $RUN_DATA shards in ${SOURCES[*]} could not be counted (see above)"
+  fi
+  if [[ -n "$problem" && "$DRY_RUN" != 1 ]]; then
+    echo "error: $problem: $how" >&2
+    exit 2
+  elif [[ -n "$problem" ]]; then  # a dry run still shows the command, with placeholders for what is counted
+    echo "# dry run, data missing: $problem: $how. In the command below NNNNN (the last shard of each" \
+         "source) and N (--train-num-samples) stand for what is counted from the shards once they exist." >&2
+    TRAIN_DATA=$(printf '%s/{00000..NNNNN}.tar::' "${SOURCES[@]}")
+    TRAIN_DATA=${TRAIN_DATA%::}
+    TRAIN_NUM_SAMPLES=N
+  fi
 fi
 
 TRAIN_ARGS=(
@@ -94,8 +111,10 @@ if [[ -n "$REPORT_TO" ]]; then TRAIN_ARGS+=(--report-to "$REPORT_TO"); fi
 
 case "$LAUNCHER" in
   # `--` ends torchrun's own options: without it torchrun's parser (Python 3.11 argparse) rejects the
-  # trainer's --logs as an ambiguous abbreviation of its --logs-specs.
-  torchrun) COMMAND=(torchrun --nnodes 1 --nproc_per_node "$GPUS_PER_NODE" -m -- open_clip_train.main) ;;
+  # trainer's --logs as an ambiguous abbreviation of its --logs-specs. `python -m torch.distributed.run` is
+  # torchrun, from $PYTHON's environment (a torchrun from PATH may belong to one without open_clip_elip).
+  torchrun) COMMAND=("$PYTHON" -m torch.distributed.run --nnodes 1 --nproc_per_node "$GPUS_PER_NODE"
+                     -m -- open_clip_train.main) ;;
   srun)     COMMAND=(srun --cpu_bind=v --accel-bind=gn "$PYTHON" -u -m open_clip_train.main) ;;
   *) echo "error: LAUNCHER must be torchrun or srun, got '$LAUNCHER'" >&2; exit 2 ;;
 esac

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 SCORINGS = ("lookahead", "first_layer")
+FUSIONS = ("paper", "norm_matched")
+CAPTION_PAIRINGS = ("paired", "other_row")
 PAPER_KEEP_RATIOS = (0.9, 0.65, 0.4)
 
 
@@ -21,6 +23,11 @@ class ElipConfig:
         no-grad pass through the block) or ``first_layer`` (CLS attention of its first layer).
     prune_without_text: also prune when no caption is given, vision-only (``lam = 1``);
         an inference-time option, off by default so that unguided outputs equal the stock model's.
+    fusion: ``paper`` (the paper's ``(1 - lam) * text + lam * CLS``) or ``norm_matched`` (ours: the
+        projected text term is rescaled to the CLS token's norm first, so that ``lam`` weighs the two
+        equally sized terms).
+    caption_pairing: ``paired`` (image i guided by caption i) or ``other_row`` (an ablation: image i
+        guided by caption ``(i + 1) mod B`` of the same batch, never its own; needs a batch of 2 or more).
     """
 
     layout: Optional[Tuple[int, ...]] = None
@@ -29,6 +36,8 @@ class ElipConfig:
     merge: bool = True
     scoring: str = "lookahead"
     prune_without_text: bool = False
+    fusion: str = "paper"
+    caption_pairing: str = "paired"
 
     @classmethod
     def from_options(cls, options: "ElipConfig | Mapping[str, Any] | None" = None, **overrides) -> "ElipConfig":
@@ -72,8 +81,9 @@ class ElipConfig:
                     f"use a last ratio of at least {1 / n:.4f}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"elip_cfg.lam must lie in [0, 1] (1 = vision only), got {self.lam}")
-        if self.scoring not in SCORINGS:
-            raise ValueError(f"elip_cfg.scoring must be one of {list(SCORINGS)}, got {self.scoring!r}")
+        for option, accepted in (("scoring", SCORINGS), ("fusion", FUSIONS), ("caption_pairing", CAPTION_PAIRINGS)):
+            if getattr(self, option) not in accepted:
+                raise ValueError(f"elip_cfg.{option} must be one of {list(accepted)}, got {getattr(self, option)!r}")
         return dataclasses.replace(self, layout=tuple(layout), keep_ratios=tuple(ratios))
 
 

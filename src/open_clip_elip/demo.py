@@ -48,7 +48,8 @@ TOKENS = "tokens per block"
 TOKEN_LAYERS = "token-layers vs stock"
 
 
-def model_configs(image_size: int, patch_size: int = 4, width: int = 128, layers: int = 6) -> dict:
+def model_configs(image_size: int, patch_size: int = 4, width: int = 128, layers: int = 6,
+                  head_width: int = 64) -> dict:
     """``{name: OpenCLIP model config}``: a small stock ViT CLIP and its ``-elip`` twin.
 
     ELIP uses the paper's layout scaled to 6 layers (1/1/3/1) and its keep ratios 0.9/0.65/0.4.
@@ -57,7 +58,7 @@ def model_configs(image_size: int, patch_size: int = 4, width: int = 128, layers
         raise ValueError(f"--image-size {image_size} is not a multiple of the patch size {patch_size}")
     stock = {
         "embed_dim": width,
-        "vision_cfg": {"image_size": image_size, "patch_size": patch_size, "width": width, "head_width": 64,
+        "vision_cfg": {"image_size": image_size, "patch_size": patch_size, "width": width, "head_width": head_width,
                        "layers": layers},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": width, "heads": 2, "layers": 3},
     }

@@ -5,7 +5,8 @@ CLS query's attention of that same attention (averaged over heads) keeps the top
 ``ceil(keep_rate x (N - 1))`` tokens; the inattentive ones are fused into one token, their
 sum weighted by that attention (not renormalised, and with gradient, as in EViT's code);
 then the layer's MLP runs on the reduced set. The fused token is an ordinary token later.
-Like ``apply_elip``, ``apply_evit`` swaps the class of an existing tower: no parameter changes.
+Like ``apply_elip``, ``apply_evit`` swaps the class of an existing tower: no parameter changes;
+``EvitCLIP`` is the model class of the ``-evit`` configs.
 Kept tokens stay in their original order (EViT orders them by score; the outputs are the same).
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
-from .model import check_prunable, pool_and_project
+from .model import check_prunable, model_config_with, pool_and_project
 from .tokens import select_tokens
 
 EVIT_KEEP_RATE = 0.7
@@ -122,3 +124,28 @@ def apply_evit(visual: VisionTransformer, keep_rate: float = EVIT_KEEP_RATE,
         visual.__class__ = VisionTransformer
         raise
     return visual
+
+
+class EvitCLIP(CLIP):
+    """OpenCLIP ``CLIP`` whose image tower is EViT (the ``-evit`` models, config block ``evit_cfg``:
+    ``keep_rate``, ``prune_layers``, ``fuse``); parameters and state dict are the stock model's."""
+
+    def __init__(self, *args, evit_cfg: Optional[dict] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        options = dict(evit_cfg or {})
+        unknown = sorted(set(options) - {"keep_rate", "prune_layers", "fuse"})
+        if unknown:
+            raise ValueError(f"evit_cfg: unknown option(s) {unknown}; accepted options are "
+                             "['keep_rate', 'prune_layers', 'fuse']")
+        apply_evit(self.visual, **options)
+
+    def model_config(self) -> dict:
+        """This model's OpenCLIP model config as it is now: the config ``create_model`` built it from,
+        with ``evit_cfg`` holding every current option (see ``ElipCLIP.model_config``)."""
+        return model_config_with(self, "evit_cfg", evit_options(self.visual))
+
+
+def evit_options(visual: EvitVisionTransformer) -> dict:
+    """Every option of an EViT tower as a JSON-ready ``evit_cfg`` block."""
+    return {"keep_rate": visual.evit_keep_rate, "prune_layers": list(visual.evit_prune_layers),
+            "fuse": visual.evit_fuse}

@@ -5,6 +5,8 @@ parameter is added, copied or renamed, so state dicts stay those of the stock mo
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -15,7 +17,7 @@ from open_clip.transformer import PatchDropout, ResidualAttentionBlock, VisionTr
 from torch.utils.checkpoint import checkpoint
 
 from .config import ElipConfig
-from .tokens import cls_attention, fuse_cls, keep_counts, prune_and_merge
+from .tokens import cls_attention, fuse_cls, keep_counts, other_row, prune_and_merge
 
 
 @dataclass
@@ -89,11 +91,17 @@ class ElipVisionTransformer(VisionTransformer):
                 raise ValueError(
                     f"text_features of shape {tuple(text_features.shape)} do not match the image batch "
                     f"{tuple(x.shape)}: expected {expected}, one caption embedding per image")
+            if self.elip_cfg.caption_pairing == "other_row" and x.shape[0] < 2:
+                raise ValueError(
+                    "elip_cfg.caption_pairing 'other_row' guides each image by another row's caption: it needs "
+                    f"a batch of at least 2 images, got {x.shape[0]}")
 
     def _forward_pruned(self, x, text_features, trace: Optional[List[BlockTrace]]):
         text_embed = None
         if text_features is not None:
             with torch.no_grad():
+                if self.elip_cfg.caption_pairing == "other_row":
+                    text_features = other_row(text_features)
                 text_embed = text_features.to(self.proj.dtype) @ self.proj.T  # step 1
         x = self._embeds(x)
         return pool_and_project(self, self._pruned_transformer(x, text_embed, trace))
@@ -121,8 +129,9 @@ class ElipVisionTransformer(VisionTransformer):
 
     def _score(self, x, layers, text_embed):
         """Steps 2-3: CLS attention of the fused sequence, ``B x (N - 1)``, no gradient."""
-        z = x if text_embed is None else fuse_cls(x, text_embed, self.elip_cfg.lam)
-        if self.elip_cfg.scoring == "first_layer":
+        cfg = self.elip_cfg
+        z = x if text_embed is None else fuse_cls(x, text_embed, cfg.lam, cfg.fusion == "norm_matched")
+        if cfg.scoring == "first_layer":
             return cls_attention(layers[0], z)
         for layer in layers[:-1]:
             z = layer(z)
@@ -171,6 +180,13 @@ class ElipCLIP(CLIP):
         super().__init__(*args, **kwargs)
         _convert_visual(self.visual, elip_cfg)
 
+    def model_config(self) -> dict:
+        """This model's OpenCLIP model config as it is now: the config ``create_model`` built it from,
+        with ``elip_cfg`` holding every current option. Save it with the weights
+        (``open_clip.push_to_hf_hub(model, tokenizer, model.model_config(), repo_id)``) and
+        ``create_model`` rebuilds this very model."""
+        return model_config_with(self, "elip_cfg", elip_options(self.visual.elip_cfg))
+
     def encode_image(self, image, normalize: bool = False, text_features: Optional[torch.Tensor] = None):
         features = self.visual(image, text_features=text_features)
         return F.normalize(features, dim=-1) if normalize else features
@@ -195,6 +211,27 @@ class ElipCLIP(CLIP):
         return image_features, text_features, self.logit_scale.exp()
 
 
+CREATED_FROM = "_open_clip_model_cfg"  # the config create_model built a model from (registration.build_clip sets it)
+
+
+def elip_options(cfg: ElipConfig) -> dict:
+    """Every option of ``cfg`` as a JSON-ready ``elip_cfg`` block."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def model_config_with(model: CLIP, block: str, options: dict) -> dict:
+    """The config ``model`` was created from, its family ``block`` replaced by ``options``."""
+    created_from = getattr(model, CREATED_FROM, None)
+    if created_from is None:
+        raise ValueError(
+            f"{type(model).__name__}.model_config(): this model was not made by open_clip.create_model, so its "
+            "model config is unknown; create it with open_clip.create_model(name, ...), or save "
+            f"open_clip.get_model_config(name) with its '{block}' set to {options}")
+    config = copy.deepcopy(created_from)
+    config[block] = options
+    return config
+
+
 def _convert_visual(visual: torch.nn.Module, elip_cfg, **overrides) -> None:
     if not isinstance(visual, VisionTransformer):
         raise TypeError(
@@ -213,11 +250,15 @@ def apply_elip(model: CLIP, elip_cfg: "ElipConfig | dict | None" = None, **optio
     """Turn a stock OpenCLIP ViT ``CLIP`` into an ``ElipCLIP``, in place (state dict unchanged).
 
     ``options`` are ``ElipConfig`` fields, e.g. ``apply_elip(model, lam=1.0, scoring="first_layer")``.
+    On a model that has ELIP already, a dict or keywords change only the options they name (an
+    ``ElipConfig`` replaces them all).
     """
     if type(model) not in (CLIP, ElipCLIP):
         raise TypeError(
             f"apply_elip takes an open_clip CLIP model (as create_model('ViT-B-16') returns), "
             f"got {type(model).__name__}")
+    if type(model) is ElipCLIP and not isinstance(elip_cfg, ElipConfig):
+        elip_cfg = {**dataclasses.asdict(model.visual.elip_cfg), **(elip_cfg or {})}
     _convert_visual(model.visual, elip_cfg, **options)
     model.__class__ = ElipCLIP
     return model

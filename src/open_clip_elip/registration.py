@@ -1,46 +1,146 @@
-"""OpenCLIP glue, all of it: the ``-elip`` model configs and two hooks in ``open_clip.factory``.
+"""OpenCLIP glue, all of it: the ``-elip`` (and ``-evit``) model configs, their pretrained tags, two hooks
+in ``open_clip.factory`` and one in ``open_clip.push_to_hf_hub``.
 
 OpenCLIP 3.3 registers JSON configs (``add_model_config``) but picks the model class by
 hard-coded rules (``model_class = CLIP`` in ``create_model``). ``register`` adds our configs,
 points that ``CLIP`` name at ``build_clip`` (an ``ElipCLIP`` for any config carrying an
-``elip_cfg`` block, the stock ``CLIP`` otherwise), and wraps ``create_model`` so that a per-call
-``elip_cfg={...}`` overrides only the options it names (OpenCLIP would replace the whole block).
+``elip_cfg`` block, an ``EvitCLIP`` for ``evit_cfg``, the stock ``CLIP`` otherwise), and wraps
+``create_model`` so that a per-call ``elip_cfg={...}`` (or ``evit_cfg``) overrides only the options it
+names (OpenCLIP would replace the whole block). It also gives each ``-elip`` / ``-evit`` config the
+pretrained tags of its stock twin (``register_pretrained_tags``) and makes ``save_for_hf`` /
+``push_to_hf_hub`` save a family model's current options (``save_current_options``).
 """
 from __future__ import annotations
 
+import copy
 import functools
+import importlib
 import os
+import re
 from pathlib import Path
+from typing import Optional, Tuple
 
 import open_clip
 from open_clip import factory
+from open_clip import pretrained as open_clip_pretrained
 from open_clip.model import CLIP
 
-from .model import ElipCLIP
+from .evit import EvitCLIP, evit_options
+from .model import CREATED_FROM, ElipCLIP, elip_options
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 EXTRA_CONFIGS_ENV = "OPEN_CLIP_ELIP_CONFIGS"  # more config files or folders, os.pathsep-separated
 
 
+# model families: config block -> model class (a baseline is a config plus a class here)
+FAMILIES = {"elip_cfg": ElipCLIP, "evit_cfg": EvitCLIP}
+# config block -> the current options of a model of that family, as a JSON-ready block
+FAMILY_OPTIONS = {"elip_cfg": lambda model: elip_options(model.visual.elip_cfg),
+                  "evit_cfg": lambda model: evit_options(model.visual)}
+FAMILY_PART = re.compile(r"-(elip|evit)(-.*)?$")  # ViT-B-16-elip, ViT-B-16-elip-first-layer -> ViT-B-16
+_TAGGED_TWINS: dict = {}  # family model name -> the stock twin whose pretrained tags it was given
+
+
 def build_clip(**model_cfg) -> CLIP:
-    """``create_model``'s constructor for non-custom-text models: ``ElipCLIP`` if ``elip_cfg`` is given."""
-    model_class = ElipCLIP if "elip_cfg" in model_cfg else CLIP
-    return model_class(**model_cfg)
+    """``create_model``'s constructor for non-custom-text models: the family class of the config's
+    ``elip_cfg`` / ``evit_cfg`` block, the stock ``CLIP`` otherwise. The model keeps the config it was
+    built from (``model_config()`` of the family models reports it)."""
+    blocks = [key for key in FAMILIES if key in model_cfg]
+    if len(blocks) > 1:
+        raise ValueError(f"a model config takes one of {list(FAMILIES)}, got {blocks}")
+    model = (FAMILIES[blocks[0]] if blocks else CLIP)(**model_cfg)
+    setattr(model, CREATED_FROM, copy.deepcopy({k: v for k, v in model_cfg.items() if k != "cast_dtype"}))
+    return model
+
+
+def stock_twin(name: str) -> Tuple[Optional[str], str]:
+    """The stock model whose pretrained tags the ``-elip`` / ``-evit`` config ``name`` takes, or None and why not.
+
+    The twin is the name without its family part (``ViT-B-16-elip`` and ``ViT-B-16-elip-first-layer`` ->
+    ``ViT-B-16``; ``ViT-B-16-quickgelu-elip`` -> ``ViT-B-16-quickgelu``); its tags carry over only if the two
+    configs are equal once the family block is dropped (so the weights, activation and preprocessing fit)."""
+    config = factory._MODEL_CONFIGS.get(name) or {}
+    blocks = [block for block in FAMILIES if block in config]
+    twin = FAMILY_PART.sub("", name)
+    if not blocks or twin == name:
+        return None, f"'{name}' is not a registered -elip/-evit model"
+    if twin not in factory._MODEL_CONFIGS:
+        return None, f"there is no stock model '{twin}' to take them from"
+    if {k: v for k, v in config.items() if k not in FAMILIES} != factory._MODEL_CONFIGS[twin]:
+        return None, (f"its config differs from stock '{twin}' beyond {blocks[0]}, so the stock weights need not fit "
+                      "(pretrained tags carry over to an otherwise identical config only)")
+    if not open_clip_pretrained._PRETRAINED.get(twin):
+        return None, f"stock '{twin}' has no pretrained tags either"
+    return twin, ""
+
+
+def register_pretrained_tags() -> None:
+    """Give every registered ``-elip`` / ``-evit`` config the pretrained tags of its stock twin (same weights
+    and preprocessing, see ``stock_twin``), so that ``pretrained='openai'`` etc. resolve as for the stock name."""
+    registry = open_clip_pretrained._PRETRAINED
+    for name in list(factory._MODEL_CONFIGS):
+        if name in registry and name not in _TAGGED_TWINS:
+            continue  # tags of OpenCLIP's own
+        twin, _ = stock_twin(name)
+        if twin:
+            registry[name] = copy.deepcopy(registry[twin])
+            _TAGGED_TWINS[name] = twin
+        elif name in _TAGGED_TWINS:
+            del registry[name], _TAGGED_TWINS[name]
+
+
+def check_pretrained_tag(model_name: str, pretrained) -> None:
+    """OpenCLIP's "not a known tag or valid file path" error, with the tags a family model does take."""
+    schema, name = factory.parse_model_name(model_name)
+    name = name.replace("/", "-")
+    if (not isinstance(pretrained, str) or not pretrained or schema or os.path.isfile(pretrained)
+            or open_clip_pretrained.is_pretrained_cfg(name, pretrained)):
+        return
+    config = factory._MODEL_CONFIGS.get(name) or {}
+    if not any(block in config for block in FAMILIES):
+        return  # not ours: OpenCLIP's own error
+    twin, why = stock_twin(name)
+    tags = open_clip_pretrained.list_pretrained_tags_by_model(name)
+    known = (f"it takes the tags of stock '{twin}': {tags}. Pass one of them or" if twin
+             else f"it has no pretrained tags: {why}. Pass")
+    raise RuntimeError(f"Pretrained value '{pretrained}' is not a known tag or valid file path for '{name}'; {known} "
+                       "the path of a checkpoint file (a stock checkpoint of the same architecture loads as it is)")
 
 
 def merge_elip_options(create_model):
-    """Wrap ``create_model`` so that ``elip_cfg={...}`` is merged over the named config's own block."""
+    """Wrap ``create_model``: ``elip_cfg={...}`` / ``evit_cfg={...}`` are merged over the named config's own
+    block, family configs know their stock twin's pretrained tags, and an unknown tag names the known ones."""
 
     @functools.wraps(create_model)
     def create_model_with_elip_options(model_name, *args, **kwargs):
-        options = kwargs.get("elip_cfg")
-        if isinstance(options, dict):
-            config = factory.get_model_config(model_name.replace("/", "-")) or {}
-            kwargs["elip_cfg"] = {**(config.get("elip_cfg") or {}), **options}
+        register_pretrained_tags()  # configs added since register() (open_clip.add_model_config) get theirs too
+        check_pretrained_tag(model_name, args[0] if args else kwargs.get("pretrained"))
+        for block in FAMILIES:
+            options = kwargs.get(block)
+            if isinstance(options, dict):
+                schema, name = factory.parse_model_name(model_name)
+                config = factory.get_model_config(model_name if schema else name.replace("/", "-")) or {}
+                kwargs[block] = {**(config.get(block) or {}), **options}
         return create_model(model_name, *args, **kwargs)
 
     create_model_with_elip_options.merges_elip_options = True
     return create_model_with_elip_options
+
+
+def save_current_options(save_config_for_hf):
+    """Wrap OpenCLIP's ``save_config_for_hf`` (behind ``save_for_hf`` and ``push_to_hf_hub``): a model config
+    carrying the model's family block is saved with the model's current options, so that
+    ``create_model('local-dir:...')`` / ``'hf-hub:...'`` rebuilds the model that was saved."""
+
+    @functools.wraps(save_config_for_hf)
+    def save_config_with_current_options(model, config_path, model_config=None):
+        for block, model_class in FAMILIES.items():
+            if isinstance(model, model_class) and isinstance(model_config, dict) and block in model_config:
+                model_config = {**model_config, block: FAMILY_OPTIONS[block](model)}
+        return save_config_for_hf(model, config_path, model_config=model_config)
+
+    save_config_with_current_options.saves_current_options = True
+    return save_config_with_current_options
 
 
 def register() -> None:
@@ -52,3 +152,7 @@ def register() -> None:
     factory.CLIP = build_clip
     if not getattr(factory.create_model, "merges_elip_options", False):
         factory.create_model = open_clip.create_model = merge_elip_options(factory.create_model)
+    register_pretrained_tags()
+    hub = importlib.import_module("open_clip.push_to_hf_hub")  # `open_clip.push_to_hf_hub` is the function
+    if not getattr(hub.save_config_for_hf, "saves_current_options", False):
+        hub.save_config_for_hf = save_current_options(hub.save_config_for_hf)

@@ -1,4 +1,4 @@
-"""ELIP's maths as pure functions: fuse, score, select, merge (ELIP-SPEC.md, steps 1-6).
+"""ELIP's maths as pure functions: fuse, score, select, merge (docs/method.md, steps 1-6).
 
 Tokens are batch-first, ``B x N x W``, CLS at index 0. Every function is vectorised over
 the batch and has static output shapes, so that ``torch.compile`` sees no host sync.
@@ -18,10 +18,23 @@ def keep_counts(num_tokens: int, keep_ratios: Sequence[float]) -> Tuple[int, ...
     return tuple(int(num_tokens * r) for r in keep_ratios)
 
 
-def fuse_cls(x: torch.Tensor, text_embed: torch.Tensor, lam: float) -> torch.Tensor:
-    """Step 2: a copy of ``x`` whose CLS is ``(1 - lam) * text_embed + lam * CLS``."""
-    cls = (1.0 - lam) * text_embed.to(x.dtype) + lam * x[:, 0]
+def fuse_cls(x: torch.Tensor, text_embed: torch.Tensor, lam: float, norm_matched: bool = False) -> torch.Tensor:
+    """Step 2: a copy of ``x`` whose CLS is ``(1 - lam) * text_embed + lam * CLS``.
+
+    ``norm_matched`` (ours, not the paper's) first rescales each row of ``text_embed`` to the norm
+    of that row's CLS token, so that ``lam`` weighs two terms of equal size."""
+    cls = x[:, 0]
+    text_embed = text_embed.to(x.dtype)
+    if norm_matched:
+        scale = cls.norm(dim=-1, keepdim=True) / text_embed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        text_embed = text_embed * scale
+    cls = (1.0 - lam) * text_embed + lam * cls
     return torch.cat([cls.unsqueeze(1), x[:, 1:]], dim=1)
+
+
+def other_row(features: torch.Tensor) -> torch.Tensor:
+    """The ``other_row`` ablation's pairing: row i gets row ``(i + 1) mod B`` (never itself for B >= 2)."""
+    return features.roll(-1, dims=0)
 
 
 def cls_attention(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
