@@ -175,7 +175,8 @@ def report_markdown(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]
     preset = settings["preset_values"]
     lines = [
         "# The study: ELIP against the token-reduction choices of OpenCLIP\n",
-        f"Made by `python -m open_clip_elip.study {settings.get('command_line', '')}`".rstrip() + f" on "
+        f"Made by `{('python -m open_clip_elip.study ' + settings.get('command_line', '')).rstrip()}`"
+        f"{'' if settings.get('command_line') else ' (the default preset)'} on "
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU only, {settings['threads']} thread(s) per run, "
         f"{settings['jobs']} run(s) at a time.\n",
         f"Scale: {settings['base_model']} ({settings['image_size']} px), trained by OpenCLIP's own trainer for "
@@ -274,16 +275,20 @@ def plot_pareto(s: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    for method, row in s.iterrows():
-        if row.zeroshot_top1_n == 0:
-            continue
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
+    s = s[s.zeroshot_top1_n > 0]
+    span = (s.train_gflops_per_image.max() - s.train_gflops_per_image.min()) or 1.0
+    cost = s.train_gflops_per_image.round(6)
+    rank, count = s.groupby(cost).cumcount(), s.groupby(cost).train_gflops_per_image.transform("size")
+    cmap = plt.get_cmap("tab20")
+    for i, (method, row) in enumerate(s.iterrows()):  # methods of equal cost are spread apart a little
+        x = row.train_gflops_per_image + (rank[method] - (count[method] - 1) / 2) * 0.01 * span
         err = (row.zeroshot_top1_high - row.zeroshot_top1_mean) if row.zeroshot_top1_n > 1 else 0
-        family = "tab:red" if method.startswith("elip") else "tab:blue" if method.startswith("stock") else "tab:green"
-        ax.errorbar(row.train_gflops_per_image, row.zeroshot_top1_mean, yerr=err, fmt="o", color=family, capsize=4)
-        ax.annotate(method, (row.train_gflops_per_image, row.zeroshot_top1_mean), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
-    ax.set_xlabel("training GFLOPs per image (both towers, full schedule)")
+        marker = "o" if method.startswith("elip") else "s" if method.startswith("stock") else "^"
+        ax.errorbar(x, row.zeroshot_top1_mean, yerr=err, fmt=marker, color=cmap(i % 20), capsize=4, label=method,
+                    markersize=7)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="method")
+    ax.set_xlabel("training GFLOPs per image (both towers, full schedule); equal costs spread apart")
     ax.set_ylabel("zero-shot top-1 (%), mean and 95% CI over seeds")
     ax.set_title("Accuracy against training compute")
     ax.grid(alpha=0.3)
