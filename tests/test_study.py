@@ -196,3 +196,24 @@ def test_paired_differences_and_verdicts():
     assert study_report.verdict(d) == "higher by 1.00 points"
     assert study_report.verdict(study_report.interval([-1.0, 1.0, 0.5])) == "not distinguishable"
     assert study_report.verdict(study_report.interval([-1.0, -1.2, -0.9])).startswith("lower by")
+
+
+def test_other_data_is_taken_as_given(planned, tmp_path):
+    s, _ = planned
+    eval_root = next((s.out / "data").glob("fashion-mnist-wds-*"))
+    args = study.parse_args([*TINY, "--out", str(tmp_path), "--train-data", s.train_data, "--train-num-samples",
+                             "512", "--eval-dataset", "wds/my_set", "--eval-root", str(eval_root)])
+    other = study.Study(args)
+    other.prepare()
+    assert (other.train_data, other.eval_dataset, other.eval_root) == (s.train_data, "wds/my_set", eval_root)
+    assert other.heldout is None  # no held-out pairs given: the leak diagnostic is skipped, not guessed
+    assert not (tmp_path / "data").exists()  # nothing of Fashion-MNIST built
+    run = next(r for r in other.plan(["stock"], [0]))
+    assert trainer_parse_args(other.trainer_command(run, tmp_path / "r", None)[3:]).train_data == s.train_data
+
+
+def test_too_little_other_data_is_refused(planned, tmp_path):
+    s, _ = planned
+    args = study.parse_args([*TINY, "--out", str(tmp_path), "--train-data", s.train_data, "--train-num-samples", "100"])
+    with pytest.raises(ValueError, match="reads 256 samples per epoch"):
+        study.Study(args).prepare()

@@ -132,6 +132,10 @@ class Study:
         data = self.out / "data"
         if args.train_data:
             self.train_data, self.train_images = args.train_data, args.train_num_samples
+            if self.train_images < preset.samples_per_epoch:
+                raise ValueError(
+                    f"--train-num-samples {self.train_images}: the {args.preset} preset reads "
+                    f"{preset.samples_per_epoch} samples per epoch; give data with at least that many")
         else:
             folder = data / f"fashion-mnist-train-{preset.train_images}-shards{preset.shard_size}"
             self.train_data = fashion_mnist.shard_pattern(self._fashion_shards(folder, "train", preset.train_images))
