@@ -351,21 +351,24 @@ def test_dry_run_prints_the_command_before_the_shards_exist(tmp_path, tiny_shard
 
 
 def test_recipes_use_the_project_python(tmp_path, tiny_shard):
-    venv_python = REPO / ".venv" / "bin" / "python"
-    if not venv_python.exists():
-        pytest.skip("no .venv in the repository")
+    recipes = tmp_path / "repo" / "recipes"  # a copy of the recipes beside a .venv of its own
+    shutil.copytree(RECIPES, recipes)
+    venv_python = tmp_path / "repo" / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")  # this test's python, which has the package
+    venv_python.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
     env["PATH"] = "/usr/bin:/bin"  # no virtual environment active
     (tmp_path / "shards").mkdir()
     shutil.copy(tiny_shard, tmp_path / "shards" / "00000.tar")
-    result = run(RECIPES / "data" / "manifest.sh", {**env, "SOURCES": str(tmp_path / "shards")})
+    result = run(recipes / "data" / "manifest.sh", {**env, "SOURCES": str(tmp_path / "shards")})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "--train-num-samples 64"
 
-    train = run(RECIPES / "train" / "vit-s16-cc3m-elip.sh",
+    train = run(recipes / "train" / "vit-s16-cc3m-elip.sh",
                 {**env, "DRY_RUN": "1", "TRAIN_DATA": "/a/0.tar", "TRAIN_NUM_SAMPLES": "1"})
     assert shlex.split(train.stdout)[:3] == [str(venv_python), "-m", "torch.distributed.run"], train.stderr
-    evaluate = run(RECIPES / "eval" / "eval_checkpoint.sh", {**env, "DRY_RUN": "1"}, "ViT-B-16-elip", "x.pt", "out")
+    evaluate = run(recipes / "eval" / "eval_checkpoint.sh", {**env, "DRY_RUN": "1"}, "ViT-B-16-elip", "x.pt", "out")
     assert shlex.split(evaluate.stdout.splitlines()[0])[:4] == [str(venv_python), "-m", "clip_benchmark.cli", "eval"]
     for script in [*RECIPES.glob("data/*.sh"), *RECIPES.glob("eval/*.sh"), RECIPES / "train" / "common.sh"]:
         assert "python.sh" in script.read_text() and "${PYTHON:-python}" not in script.read_text(), script

@@ -11,7 +11,7 @@ import pytest
 from open_clip_train.params import parse_args as trainer_parse_args
 
 from open_clip_elip import fashion_mnist, study, study_report
-from open_clip_elip.bench import TowerCost, predict_elip, predict_plain, random_drop_prob
+from open_clip_elip.bench import TowerCost, predict_elip, predict_plain, random_drop_prob, text_train_flops
 
 TINY = ["--preset", "tiny", "--fashion-mnist", str(fashion_mnist.DEBIAN_DIR)]
 
@@ -60,7 +60,7 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     stock = open_clip.create_model(s.base)
     elip = open_clip.create_model(f"{s.base}-elip").visual
     cost = TowerCost.of(stock.visual)
-    text = study.text_train_flops(stock)
+    text = text_train_flops(stock)
     n0 = cost.num_patches + 1
     stock_flops = predict_plain(cost, (n0,) * 6, True) + text
     elip_flops = predict_elip(elip, cost, True) + text

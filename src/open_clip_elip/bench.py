@@ -125,6 +125,14 @@ class TowerCost:
         return 2 * self.width * self.embed_dim
 
 
+def text_train_flops(model) -> int:
+    """Training FLOPs per caption of an OpenCLIP text tower, with ``TowerCost``'s per-layer formulas."""
+    transformer = model.transformer
+    cost = TowerCost(width=transformer.width, mlp_width=transformer.resblocks[0].mlp.c_fc.out_features,
+                     embed_dim=model.text_projection.shape[1], patch_dim=0, num_patches=0)
+    return len(transformer.resblocks) * cost.layer_train(model.context_length) + 3 * cost.head()
+
+
 @dataclass
 class Method:
     """One benchmark row: how to run it and what its token counts predict."""

@@ -16,10 +16,9 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
-from .model import check_prunable, model_config_with, pool_and_project
+from .model import FamilyCLIP, check_prunable, pool_and_project
 from .tokens import select_tokens
 
 EVIT_KEEP_RATE = 0.7
@@ -126,9 +125,11 @@ def apply_evit(visual: VisionTransformer, keep_rate: float = EVIT_KEEP_RATE,
     return visual
 
 
-class EvitCLIP(CLIP):
+class EvitCLIP(FamilyCLIP):
     """OpenCLIP ``CLIP`` whose image tower is EViT (the ``-evit`` models, config block ``evit_cfg``:
     ``keep_rate``, ``prune_layers``, ``fuse``); parameters and state dict are the stock model's."""
+
+    config_block = "evit_cfg"
 
     def __init__(self, *args, evit_cfg: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -139,10 +140,8 @@ class EvitCLIP(CLIP):
                              "['keep_rate', 'prune_layers', 'fuse']")
         apply_evit(self.visual, **options)
 
-    def model_config(self) -> dict:
-        """This model's OpenCLIP model config as it is now: the config ``create_model`` built it from,
-        with ``evit_cfg`` holding every current option (see ``ElipCLIP.model_config``)."""
-        return model_config_with(self, "evit_cfg", evit_options(self.visual))
+    def options(self) -> dict:
+        return evit_options(self.visual)
 
 
 def evit_options(visual: EvitVisionTransformer) -> dict:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from open_clip import ClipLoss
 
 from .model import BlockTrace, ElipCLIP
-from .tokens import other_row
+from .tokens import text_term
 
 CONDITIONS = ("unguided", "own", "shuffled")
 
@@ -152,13 +152,10 @@ def diagnose(model, images: torch.Tensor, texts: torch.Tensor, captions: List[st
                 sums[f"overlap_own_shuffled_b{b}"] += float(overlap(own, other, num_patches).sum())
                 sums[f"overlap_own_vision_b{b}"] += float(overlap(own, vision, num_patches).sum())
 
-            guide = other_row(text) if cfg.caption_pairing == "other_row" else text
-            t_w = guide.to(visual.proj.dtype) @ visual.proj.T  # the projected text, as fused (step 1)
+            t_w = visual.project_text(text)  # the guiding text, paired and projected as the forward does
             for b, _ in pruned:
                 cls = cls_in[b].to(t_w.dtype)
-                term = t_w
-                if cfg.fusion == "norm_matched":
-                    term = t_w * (cls.norm(dim=-1, keepdim=True) / t_w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+                term = text_term(t_w, cls, cfg.fusion == "norm_matched")
                 sums[f"norm_text_term_b{b}"] += float(((1.0 - lam) * term).norm(dim=-1).sum())
                 sums[f"norm_cls_term_b{b}"] += float((lam * cls).norm(dim=-1).sum())
 

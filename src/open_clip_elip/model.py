@@ -96,13 +96,15 @@ class ElipVisionTransformer(VisionTransformer):
                     "elip_cfg.caption_pairing 'other_row' guides each image by another row's caption: it needs "
                     f"a batch of at least 2 images, got {x.shape[0]}")
 
+    @torch.no_grad()
+    def project_text(self, text_features: torch.Tensor) -> torch.Tensor:
+        """Step 1: the guiding captions in the vision width (``B x W``), paired as ``caption_pairing`` says."""
+        if self.elip_cfg.caption_pairing == "other_row":
+            text_features = other_row(text_features)
+        return text_features.to(self.proj.dtype) @ self.proj.T
+
     def _forward_pruned(self, x, text_features, trace: Optional[List[BlockTrace]]):
-        text_embed = None
-        if text_features is not None:
-            with torch.no_grad():
-                if self.elip_cfg.caption_pairing == "other_row":
-                    text_features = other_row(text_features)
-                text_embed = text_features.to(self.proj.dtype) @ self.proj.T  # step 1
+        text_embed = None if text_features is None else self.project_text(text_features)
         x = self._embeds(x)
         return pool_and_project(self, self._pruned_transformer(x, text_embed, trace))
 
@@ -173,19 +175,44 @@ def _track(provenance, keep_index, weights, num_out):
     return torch.cat([kept, weights.to(provenance.dtype).unsqueeze(1) @ provenance], dim=1)
 
 
-class ElipCLIP(CLIP):
+CREATED_FROM = "_open_clip_model_cfg"  # the config create_model built a model from (registration.build_clip sets it)
+
+
+class FamilyCLIP(CLIP):
+    """What the model classes of our families (``ElipCLIP``, ``EvitCLIP``) share: the config block that
+    selects them, their current options, and the model config that rebuilds them."""
+
+    config_block: str = ""
+
+    def options(self) -> dict:
+        """Every current option, as a JSON-ready ``config_block``."""
+        raise NotImplementedError
+
+    def model_config(self) -> dict:
+        """This model's OpenCLIP model config as it is now: the config ``create_model`` built it from,
+        its family block holding every current option. Save it with the weights
+        (``open_clip.push_to_hf_hub(model, tokenizer, model.model_config(), repo_id)``) and
+        ``create_model`` rebuilds this very model."""
+        created_from = getattr(self, CREATED_FROM, None)
+        if created_from is None:
+            raise ValueError(
+                f"{type(self).__name__}.model_config(): this model was not made by open_clip.create_model, so "
+                "its model config is unknown; create it with open_clip.create_model(name, ...), or save "
+                f"open_clip.get_model_config(name) with its '{self.config_block}' set to {self.options()}")
+        return {**copy.deepcopy(created_from), self.config_block: self.options()}
+
+
+class ElipCLIP(FamilyCLIP):
     """OpenCLIP ``CLIP`` whose image tower is guided by the paired captions in ``forward``."""
+
+    config_block = "elip_cfg"
 
     def __init__(self, *args, elip_cfg: "ElipConfig | dict | None" = None, **kwargs):
         super().__init__(*args, **kwargs)
         _convert_visual(self.visual, elip_cfg)
 
-    def model_config(self) -> dict:
-        """This model's OpenCLIP model config as it is now: the config ``create_model`` built it from,
-        with ``elip_cfg`` holding every current option. Save it with the weights
-        (``open_clip.push_to_hf_hub(model, tokenizer, model.model_config(), repo_id)``) and
-        ``create_model`` rebuilds this very model."""
-        return model_config_with(self, "elip_cfg", elip_options(self.visual.elip_cfg))
+    def options(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.visual.elip_cfg).items()}
 
     def encode_image(self, image, normalize: bool = False, text_features: Optional[torch.Tensor] = None):
         features = self.visual(image, text_features=text_features)
@@ -209,27 +236,6 @@ class ElipCLIP(CLIP):
         if self.logit_bias is not None:
             return image_features, text_features, self.logit_scale.exp(), self.logit_bias
         return image_features, text_features, self.logit_scale.exp()
-
-
-CREATED_FROM = "_open_clip_model_cfg"  # the config create_model built a model from (registration.build_clip sets it)
-
-
-def elip_options(cfg: ElipConfig) -> dict:
-    """Every option of ``cfg`` as a JSON-ready ``elip_cfg`` block."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-
-
-def model_config_with(model: CLIP, block: str, options: dict) -> dict:
-    """The config ``model`` was created from, its family ``block`` replaced by ``options``."""
-    created_from = getattr(model, CREATED_FROM, None)
-    if created_from is None:
-        raise ValueError(
-            f"{type(model).__name__}.model_config(): this model was not made by open_clip.create_model, so its "
-            "model config is unknown; create it with open_clip.create_model(name, ...), or save "
-            f"open_clip.get_model_config(name) with its '{block}' set to {options}")
-    config = copy.deepcopy(created_from)
-    config[block] = options
-    return config
 
 
 def _convert_visual(visual: torch.nn.Module, elip_cfg, **overrides) -> None:

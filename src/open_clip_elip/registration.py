@@ -25,18 +25,15 @@ from open_clip import factory
 from open_clip import pretrained as open_clip_pretrained
 from open_clip.model import CLIP
 
-from .evit import EvitCLIP, evit_options
-from .model import CREATED_FROM, ElipCLIP, elip_options
+from .evit import EvitCLIP
+from .model import CREATED_FROM, ElipCLIP, FamilyCLIP
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 EXTRA_CONFIGS_ENV = "OPEN_CLIP_ELIP_CONFIGS"  # more config files or folders, os.pathsep-separated
 
 
 # model families: config block -> model class (a baseline is a config plus a class here)
-FAMILIES = {"elip_cfg": ElipCLIP, "evit_cfg": EvitCLIP}
-# config block -> the current options of a model of that family, as a JSON-ready block
-FAMILY_OPTIONS = {"elip_cfg": lambda model: elip_options(model.visual.elip_cfg),
-                  "evit_cfg": lambda model: evit_options(model.visual)}
+FAMILIES = {family.config_block: family for family in (ElipCLIP, EvitCLIP)}
 FAMILY_PART = re.compile(r"-(elip|evit)(-.*)?$")  # ViT-B-16-elip, ViT-B-16-elip-first-layer -> ViT-B-16
 _TAGGED_TWINS: dict = {}  # family model name -> the stock twin whose pretrained tags it was given
 
@@ -134,9 +131,8 @@ def save_current_options(save_config_for_hf):
 
     @functools.wraps(save_config_for_hf)
     def save_config_with_current_options(model, config_path, model_config=None):
-        for block, model_class in FAMILIES.items():
-            if isinstance(model, model_class) and isinstance(model_config, dict) and block in model_config:
-                model_config = {**model_config, block: FAMILY_OPTIONS[block](model)}
+        if isinstance(model, FamilyCLIP) and isinstance(model_config, dict) and model.config_block in model_config:
+            model_config = {**model_config, model.config_block: model.options()}
         return save_config_for_hf(model, config_path, model_config=model_config)
 
     save_config_with_current_options.saves_current_options = True

@@ -35,7 +35,15 @@ import open_clip
 import pandas as pd
 
 from . import fashion_mnist
-from .bench import TowerCost, elip_layer_tokens, predict_elip, predict_evit, predict_plain, random_drop_prob
+from .bench import (
+    TowerCost,
+    elip_layer_tokens,
+    predict_elip,
+    predict_evit,
+    predict_plain,
+    random_drop_prob,
+    text_train_flops,
+)
 from .demo import eval_set, model_configs, step_seconds
 from .evaluate import clip_benchmark_eval
 from .registration import EXTRA_CONFIGS_ENV
@@ -256,11 +264,11 @@ class Study:
         depth = len(stock.visual.transformer.resblocks)
         n0 = cost.num_patches + 1
         flops = {"stock": predict_plain(cost, (n0,) * depth, True)}
-        for method in ELIP_OPTIONS:
-            visual = open_clip.create_model(self.family_name(base, method)).visual
+        elip_towers = {method: open_clip.create_model(self.family_name(base, method)).visual for method in ELIP_OPTIONS}
+        for method, visual in elip_towers.items():
             flops[method] = predict_elip(visual, cost, True)
         flops["evit"] = predict_evit(open_clip.create_model(f"{base}-evit").visual, cost)
-        elip_tokens = elip_layer_tokens(open_clip.create_model(f"{base}-elip").visual)
+        elip_tokens = elip_layer_tokens(elip_towers["elip"])
         prob, patches = random_drop_prob(cost.num_patches, sum(elip_tokens) / depth)
         flops["flip-budget"] = predict_plain(cost, (patches + 1,) * depth, True)
         half = int(cost.num_patches * 0.5)
@@ -323,7 +331,7 @@ class Study:
         preset, epochs = self.preset, self.preset.epochs
         steps = math.ceil(run.samples_per_epoch / preset.batch_size) * epochs
         command = [
-            sys.executable, "-m", "open_clip_train.main", "--model", run.model if not run.after else self.base,
+            sys.executable, "-m", "open_clip_train.main", "--model", run.model,
             "--train-data", self.train_data, "--train-num-samples", str(run.samples_per_epoch),
             "--dataset-type", "webdataset", "--batch-size", str(preset.batch_size), "--epochs", str(epochs),
             "--lr", str(self.args.lr), "--wd", "0.1", "--warmup", str(max(1, steps // 10)),
@@ -432,15 +440,6 @@ class Study:
             for run in runs:  # a run that continues another is queued after it
                 records[run.key] = pool.submit(task, run)
             return [records[run.key].result() for run in runs]
-
-
-def text_train_flops(model) -> int:
-    """Training FLOPs per caption of the text tower (the benchmark's per-layer formulas)."""
-    transformer = model.transformer
-    block = transformer.resblocks[0]
-    cost = TowerCost(width=transformer.width, mlp_width=block.mlp.c_fc.out_features,
-                     embed_dim=model.text_projection.shape[1], patch_dim=0, num_patches=0)
-    return len(transformer.resblocks) * cost.layer_train(model.context_length) + 3 * cost.head()
 
 
 def loss_curve(log_text: str, samples_per_epoch: int) -> pd.DataFrame:

@@ -24,12 +24,16 @@ def fuse_cls(x: torch.Tensor, text_embed: torch.Tensor, lam: float, norm_matched
     ``norm_matched`` (ours, not the paper's) first rescales each row of ``text_embed`` to the norm
     of that row's CLS token, so that ``lam`` weighs two terms of equal size."""
     cls = x[:, 0]
-    text_embed = text_embed.to(x.dtype)
-    if norm_matched:
-        scale = cls.norm(dim=-1, keepdim=True) / text_embed.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        text_embed = text_embed * scale
-    cls = (1.0 - lam) * text_embed + lam * cls
+    cls = (1.0 - lam) * text_term(text_embed.to(x.dtype), cls, norm_matched) + lam * cls
     return torch.cat([cls.unsqueeze(1), x[:, 1:]], dim=1)
+
+
+def text_term(text_embed: torch.Tensor, cls: torch.Tensor, norm_matched: bool = False) -> torch.Tensor:
+    """The text embedding as step 2 mixes it in: as it is, or (``norm_matched``) each row rescaled to
+    the norm of that row's CLS token."""
+    if not norm_matched:
+        return text_embed
+    return text_embed * (cls.norm(dim=-1, keepdim=True) / text_embed.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
 def other_row(features: torch.Tensor) -> torch.Tensor:
