@@ -139,15 +139,14 @@ class Study:
         args, preset = self.args, self.preset
         data = self.out / "data"
         if args.train_data:
-            self.train_data, self.train_images = args.train_data, args.train_num_samples
-            if self.train_images < preset.samples_per_epoch:
+            self.train_data = args.train_data
+            if args.train_num_samples < preset.samples_per_epoch:
                 raise ValueError(
-                    f"--train-num-samples {self.train_images}: the {args.preset} preset reads "
+                    f"--train-num-samples {args.train_num_samples}: the {args.preset} preset reads "
                     f"{preset.samples_per_epoch} samples per epoch; give data with at least that many")
         else:
             folder = data / f"fashion-mnist-train-{preset.train_images}-shards{preset.shard_size}"
             self.train_data = fashion_mnist.shard_pattern(self._fashion_shards(folder, "train", preset.train_images))
-            self.train_images = preset.train_images
         if args.eval_root:
             self.eval_dataset, self.eval_root = args.eval_dataset, Path(args.eval_root)
         else:

@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-METRICS = {"zeroshot_top1": "zero-shot top-1", "zeroshot_top5": "zero-shot top-5",
-           "linear_probe_top1": "linear probe top-1"}
+METRICS = ("zeroshot_top1", "zeroshot_top5", "linear_probe_top1")
 COLUMNS = ["method", "seed", "status", "zeroshot_top1", "zeroshot_top5", "linear_probe_top1",
            "train_gflops_per_image", "step_time_ratio", "train_seconds", "seconds_per_step", "samples_seen",
            "model", "eval_model", "trainer_flags", "wall_seconds", "error"]
