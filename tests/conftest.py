@@ -9,7 +9,7 @@ import webdataset as wds
 from PIL import Image
 
 import open_clip_elip
-from open_clip_elip.registration import EXTRA_CONFIGS_ENV
+from open_clip_elip.core.registration import EXTRA_CONFIGS_ENV
 
 TINY_ELIP = "ViT-Tiny-4-elip"
 TINY_STOCK = "ViT-Tiny-4"

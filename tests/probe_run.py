@@ -12,7 +12,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from open_clip_elip.model import ElipVisionTransformer
+from open_clip_elip import ElipVisionTransformer
 
 calls = {"guided_forwards": 0, "tokens_per_block": None}
 pruned_transformer = ElipVisionTransformer._pruned_transformer

@@ -8,12 +8,22 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_ELIP, TINY_STOCK
 
-from open_clip_elip import bench
-from open_clip_elip.evit import apply_evit, evit_prune_layers
+from open_clip_elip import FAMILIES, bench
+from open_clip_elip.families.evit import apply_evit, evit_prune_layers
 
 BUDGET = 6 * 2 ** 20  # saved-activation bytes for the capacity mode: a few tiny images
-TRAIN_METHODS = [bench.STOCK, bench.ELIP, bench.FIRST_LAYER, bench.EVIT, bench.RANDOM, bench.AUTHORS]
-INFER_METHODS = [bench.STOCK, "elip vision-only", "elip vision-only first_layer"]
+FIRST_LAYER, EVIT = "elip first_layer", "evit"
+
+
+def train_methods():
+    """Every registered family (core.registry, read when the test runs) with its training variants."""
+    return [bench.STOCK, *(name for f in FAMILIES.values() for name in
+                           [f.name, *(v.name for v in f.variants if v.mode == bench.TRAIN)]),
+            bench.RANDOM, bench.AUTHORS]
+
+
+def infer_methods():
+    return [bench.STOCK, *(v.name for f in FAMILIES.values() for v in f.variants if v.mode == bench.INFER)]
 COLUMNS = ["method", "mode", "removed_tokens", "gflops", "gflops_predicted", "gflops_deviation_pct",
            "saved_bytes_per_image", "saved_ratio", "peak_mib", "time_ratio", "cpu_time_ratio", "time_ms"]
 
@@ -38,15 +48,15 @@ def test_bench_writes_every_method_and_column(bench_run):
     report, prefix = bench_run
     rows = pd.read_csv(prefix + ".csv")
     assert list(rows.columns) == COLUMNS
-    expected = [(m, bench.TRAIN) for m in TRAIN_METHODS] + [(m, bench.INFER) for m in INFER_METHODS]
+    expected = [(m, bench.TRAIN) for m in train_methods()] + [(m, bench.INFER) for m in infer_methods()]
     assert list(zip(rows["method"], rows["mode"])) == expected
     document = json.load(open(prefix + ".json"))
     assert [(r["method"], r["mode"]) for r in document["rows"]] == expected
     assert document["meta"]["model"] == TINY_ELIP and document["meta"]["stock_model"] == TINY_STOCK
     assert document["meta"]["threads"] == 1
     assert [len(t["wall_s"]) for t in document["times"]] == [1] * len(expected)
-    assert [r["method"] for r in document["capacity"]] == TRAIN_METHODS
-    assert list(pd.read_csv(prefix + "-capacity.csv")["method"]) == TRAIN_METHODS
+    assert [r["method"] for r in document["capacity"]] == train_methods()
+    assert list(pd.read_csv(prefix + "-capacity.csv")["method"]) == train_methods()
     assert rows["time_ratio"].gt(0).all() and rows["gflops"].gt(0).all()
 
 
@@ -56,14 +66,14 @@ def test_measured_flops_match_the_token_count_prediction(bench_run):
     train = by_method(rows)
     assert train.loc[bench.ELIP, "gflops"] < train.loc[bench.STOCK, "gflops"]
     # one layer per block: the look-ahead's last layer is the first one, so both score alike
-    assert train.loc[bench.FIRST_LAYER, "gflops"] == train.loc[bench.ELIP, "gflops"]
+    assert train.loc[FIRST_LAYER, "gflops"] == train.loc[bench.ELIP, "gflops"]
     assert train.loc[bench.AUTHORS, "gflops"] > train.loc[bench.ELIP, "gflops"]  # full attention to score
 
 
 def test_elip_saves_fewer_activation_bytes_than_stock(bench_run):
     train = by_method(bench_run[0]["rows"])
     stock = train.loc[bench.STOCK, "saved_bytes_per_image"]
-    for method in (bench.ELIP, bench.FIRST_LAYER, bench.AUTHORS):
+    for method in (bench.ELIP, FIRST_LAYER, bench.AUTHORS):
         assert train.loc[method, "saved_bytes_per_image"] < stock
     assert train.loc[bench.ELIP, "saved_ratio"] < 1.0
 
@@ -75,7 +85,7 @@ def test_removed_token_shares(bench_run):
     # random drop keeps round(197 / 4) = 49 tokens in every layer: ELIP's budget to within a token
     assert train.loc[bench.RANDOM, "removed_tokens"] == pytest.approx(1 - 49 / 65)
     # EViT: 0.7 of the tokens after the attention of layers 1, 2, 3 (0-based): 65, 65, 47, 35 enter
-    assert train.loc[bench.EVIT, "removed_tokens"] == pytest.approx(1 - (65 + 65 + 47 + 35) / (4 * 65))
+    assert train.loc[EVIT, "removed_tokens"] == pytest.approx(1 - (65 + 65 + 47 + 35) / (4 * 65))
 
 
 def test_capacity_mode_fits_a_larger_batch_with_elip(bench_run):
@@ -120,8 +130,11 @@ def test_authors_code_shape_equals_ours(tiny_configs):
         torch.testing.assert_close(p.grad, grad, rtol=1e-4, atol=1e-5)
 
 
-def test_bench_rejects_a_stock_model_name(tiny_configs):
-    with pytest.raises(ValueError, match="-elip"):
+def test_bench_names_what_is_wrong_with_its_model(tiny_configs):
+    with pytest.raises(ValueError, match="no OpenCLIP model config 'ViT-Nothing'"):
+        bench.run_benchmark(model="ViT-Nothing-elip")
+    # a stock name takes each family's defaults: ELIP's paper layout has no 4-layer version, and says so
+    with pytest.raises(ValueError, match="no default layout for a 4-layer ViT"):
         bench.run_benchmark(model=TINY_STOCK)
 
 
@@ -134,7 +147,7 @@ def test_evit_prune_layers_scale_with_depth():
 
 
 def test_evit_token_counts_per_layer(tiny_configs):
-    visual = apply_evit(open_clip.create_model(TINY_STOCK).visual)
+    visual = apply_evit(open_clip.create_model(TINY_STOCK)).visual
     # ceil(0.7 x patches) kept + 1 fused: 64 -> 45 + 1, 46 -> 33 + 1, 34 -> 24 + 1
     expected = ((65, 65), (65, 47), (47, 35), (35, 26))
     assert visual.tokens_per_layer() == expected
@@ -174,7 +187,7 @@ def evit_per_sample(visual, images):
 
 def test_evit_equals_a_per_sample_recomputation(tiny_configs):
     torch.manual_seed(0)
-    visual = apply_evit(open_clip.create_model(TINY_STOCK).visual)
+    visual = apply_evit(open_clip.create_model(TINY_STOCK)).visual
     images = torch.randn(3, 3, 32, 32)
     ours = visual(images)
     ours.pow(2).sum().backward()

@@ -30,7 +30,7 @@ import runpy
 import torch
 from open_clip_train import train
 
-from open_clip_elip import model as elip_model
+from open_clip_elip.core import towers
 
 train_one_epoch = train.train_one_epoch
 start_weights = os.environ.get("HOOK_START_WEIGHTS")
@@ -42,7 +42,7 @@ def recording_train_one_epoch(model, data, loss, epoch, *args, **kwargs):
     return train_one_epoch(model, data, loss, epoch, *args, **kwargs)
 
 
-checkpoint = elip_model.checkpoint
+checkpoint = towers.checkpoint
 calls = {"checkpointed_layers": 0}
 
 
@@ -58,7 +58,7 @@ def write_report():
 
 
 train.train_one_epoch = recording_train_one_epoch
-elip_model.checkpoint = counting_checkpoint
+towers.checkpoint = counting_checkpoint
 atexit.register(write_report)
 runpy.run_module("open_clip_train.main", run_name="__main__", alter_sys=True)
 '''

@@ -24,8 +24,8 @@ from open_clip_train.params import parse_args
 
 import open_clip_elip
 from open_clip_elip import ElipCLIP, ElipConfig, apply_elip
-from open_clip_elip.evit import EvitCLIP, evit_options
-from open_clip_elip.registration import EXTRA_CONFIGS_ENV, register_pretrained_tags
+from open_clip_elip.core.registration import EXTRA_CONFIGS_ENV, register_pretrained_tags
+from open_clip_elip.families.evit import EvitCLIP
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -288,7 +288,7 @@ def test_evit_options_merge_per_call_and_survive_save_for_hf(habit, tmp_path):
     assert (model.visual.evit_keep_rate, model.visual.evit_prune_layers) == (0.5, (1, 2))  # the config's layers
     save_for_hf(model, NO_TOKENIZER, open_clip.get_model_config(name), tmp_path / "saved")
     loaded = open_clip.create_model(f"local-dir:{tmp_path / 'saved'}")
-    assert type(loaded) is EvitCLIP and evit_options(loaded.visual) == evit_options(model.visual)
+    assert type(loaded) is EvitCLIP and loaded.options() == model.options()
     assert loaded.model_config() == model.model_config()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -3,6 +3,8 @@ study (OpenCLIP's trainer, clip_benchmark, the leak diagnostic), resuming, repro
 the report's statistics."""
 import json
 import math
+import os
+import subprocess
 import sys
 from unittest import mock
 
@@ -10,25 +12,59 @@ import pandas as pd
 import pytest
 from open_clip_train.params import parse_args as trainer_parse_args
 
-from open_clip_elip import fashion_mnist, study, study_report
-from open_clip_elip.bench import TowerCost, predict_elip, predict_plain, random_drop_prob, text_train_flops
+from open_clip_elip import FAMILIES, fashion_mnist
+from open_clip_elip import study as study_package
+from open_clip_elip.bench import random_drop_prob
+from open_clip_elip.core.costs import TowerCost, predict_plain, text_train_flops
+from open_clip_elip.families.elip import predict_elip
+from open_clip_elip.study import cli as study
+from open_clip_elip.study import report as study_report
+from open_clip_elip.study.configs import build_configs
+from open_clip_elip.study.data import prepare_data
+from open_clip_elip.study.methods import BY_NAME, METHODS
+from open_clip_elip.study.plan import PRESETS, plan
+from open_clip_elip.study.runner import Runner, loss_curve
 
 TINY = ["--preset", "tiny", "--fashion-mnist", str(fashion_mnist.DEBIAN_DIR)]
+NAMES = [m.name for m in METHODS]
+
+
+class Planned:
+    """A tiny study's data, configs, runs (every method, seeds 0 and 1) and runner, without running anything."""
+
+    def __init__(self, out, argv=()):
+        self.out = out
+        self.args = study.parse_args([*TINY, "--out", str(out), *argv])
+        self.preset = PRESETS["tiny"]
+        self.data = prepare_data(self.args, self.preset, out)
+        self.configs = build_configs(self.args, self.preset, METHODS, out)
+        import open_clip
+
+        open_clip.add_model_config(out / "configs")
+        self.runs, self.budgets = plan([BY_NAME[n] for n in self.args.methods], self.args.seeds or [0], self.configs,
+                                       self.preset)
+        self.runner = Runner(out, self.args, self.preset, self.data)
 
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    out = tmp_path_factory.mktemp("plan")
-    args = study.parse_args([*TINY, "--out", str(out)])
-    s = study.Study(args)
-    s.prepare()
-    return s, s.plan(list(study.METHODS), [0, 1])
+    s = Planned(tmp_path_factory.mktemp("plan"), ["--seeds", "0,1"])
+    return s, s.runs
 
 
 def test_every_method_is_planned_seed_by_seed(planned):
     s, runs = planned
-    assert [r.key for r in runs[:len(study.METHODS)]] == [f"{m}/seed0" for m in study.METHODS]
-    assert [r.seed for r in runs] == [0] * len(study.METHODS) + [1] * len(study.METHODS)
+    assert [r.key for r in runs[:len(NAMES)]] == [f"{m}/seed0" for m in NAMES]
+    assert [r.seed for r in runs] == [0] * len(NAMES) + [1] * len(NAMES)
+
+
+def test_the_study_package_runs_as_a_module():
+    result = subprocess.run([sys.executable, "-m", "open_clip_elip.study", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "1000"})  # no line breaks inside method names
+    assert result.returncode == 0 and "--methods" in result.stdout
+    for name in NAMES:
+        assert name in result.stdout
+    assert study_package.__doc__.startswith("The study")
 
 
 def test_trainer_commands_parse_and_carry_each_method(planned, tmp_path):
@@ -37,18 +73,19 @@ def test_trainer_commands_parse_and_carry_each_method(planned, tmp_path):
     before = {"resume_from": str(tmp_path / "epoch_1.pt")}
     parsed = {}
     for method, run in by_method.items():
-        command = s.trainer_command(run, tmp_path / method, before if run.after else None)
+        command = s.runner.trainer_command(run, tmp_path / method, before if run.after else None)
         assert command[1:3] == ["-m", "open_clip_train.main"]
         parsed[method] = trainer_parse_args(command[3:])
         assert parsed[method].seed == 0 and parsed[method].epochs == s.preset.epochs
-    base = s.base
+    base = s.configs.base
     assert parsed["stock"].model == base and parsed["stock"].force_patch_dropout is None
     assert parsed["elip"].model == f"{base}-elip" and parsed["evit"].model == f"{base}-evit"
-    for method, options in study.ELIP_OPTIONS.items():
-        cfg = json.loads((s.out / "configs" / f"{parsed[method].model}.json").read_text())["elip_cfg"]
-        assert {k: cfg[k] for k in options} == options, method
+    for method in (m for m in METHODS if m.family):  # each family method: its family's block, its options
+        cfg = json.loads((s.out / "configs" / f"{parsed[method.name].model}.json").read_text())
+        block = cfg[FAMILIES[method.family].config_block]
+        assert {k: block[k] for k in method.options} == dict(method.options), method.name
     assert parsed["flip-50"].force_patch_dropout == 0.5
-    assert parsed["low-res"].force_image_size == [28] and by_method["low-res"].eval_model == f"{base}-lowres"
+    assert parsed["low-res"].force_image_size == [28] and by_method["low-res"].eval_model == f"{base}-low-res"
     assert parsed["elip+tune"].model == base and parsed["elip+tune"].resume == before["resume_from"]
     assert parsed["stock-matched"].train_num_samples < parsed["stock"].train_num_samples
 
@@ -57,8 +94,8 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     s, runs = planned
     import open_clip
 
-    stock = open_clip.create_model(s.base)
-    elip = open_clip.create_model(f"{s.base}-elip").visual
+    stock = open_clip.create_model(s.configs.base)
+    elip = open_clip.create_model(f"{s.configs.base}-elip").visual
     cost = TowerCost.of(stock.visual)
     text = text_train_flops(stock)
     n0 = cost.num_patches + 1
@@ -74,6 +111,10 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     assert by_method["flip-budget"].flags == ["--force-patch-dropout", f"{prob:.4f}"]
     matched = by_method["stock-matched"]
     assert matched.train_flops == pytest.approx(stock_flops * matched.samples_per_epoch / s.preset.samples_per_epoch)
+    for method in (m for m in METHODS if m.family):  # every family method: its family's own cost model
+        model = open_clip.create_model(by_method[method.name].model)
+        family = FAMILIES[method.family]
+        assert by_method[method.name].train_flops == family.flops(model.visual, cost, True) + text, method.name
 
 
 @pytest.mark.parametrize("argv, named", [
@@ -98,10 +139,10 @@ def test_loss_curve_reads_the_trainers_lines():
            "Logit Scale: 14.2 Contrastive_loss: 4.5 (4.6) Loss: 4.5 (4.6)\n"
            "2026 | INFO | Train Epoch: 1 [128/128 (100%)] Data (t): 0.1 Batch (t): 0.2, 1/s, 1/s/gpu LR: 0.001 "
            "Logit Scale: 14.2 Contrastive_loss: 3.25 (3.5) Loss: 3.25 (3.5)\n")
-    curve = study.loss_curve(log, 128)
+    curve = loss_curve(log, 128)
     assert curve.values.tolist() == [[0, 64, 4.5], [1, 256, 3.25]]
     with pytest.raises(ValueError, match="no 'Train Epoch"):
-        study.loss_curve("nothing", 128)
+        loss_curve("nothing", 128)
 
 
 # --- a real tiny study -----------------------------------------------------------------------------------
@@ -159,7 +200,7 @@ def test_same_seed_reproduces_the_row(tiny_study, tmp_path):
 
 
 def test_a_crashed_run_is_reported_and_the_others_complete(tmp_path, capsys):
-    real = study.Study.trainer_command
+    real = Runner.trainer_command
 
     def crash_stock(self, run, folder, before):
         if run.method == "stock":
@@ -168,7 +209,7 @@ def test_a_crashed_run_is_reported_and_the_others_complete(tmp_path, capsys):
 
     (tmp_path / "runs" / "flip-50" / "seed0").mkdir(parents=True)  # an interrupted attempt
     (tmp_path / "runs" / "flip-50" / "seed0" / "trainer.log").write_text("cut short")
-    with mock.patch.object(study.Study, "trainer_command", crash_stock):
+    with mock.patch.object(Runner, "trainer_command", crash_stock):
         study.run_study(study.parse_args([*TINY, "--out", str(tmp_path), "--methods", "stock,flip-50"]))
     printed = capsys.readouterr().out
     assert "stock/seed0 FAILED" in printed and "exit status 3" in printed
@@ -201,19 +242,17 @@ def test_paired_differences_and_verdicts():
 def test_other_data_is_taken_as_given(planned, tmp_path):
     s, _ = planned
     eval_root = next((s.out / "data").glob("fashion-mnist-wds-*"))
-    args = study.parse_args([*TINY, "--out", str(tmp_path), "--train-data", s.train_data, "--train-num-samples",
-                             "512", "--eval-dataset", "wds/my_set", "--eval-root", str(eval_root)])
-    other = study.Study(args)
-    other.prepare()
-    assert (other.train_data, other.eval_dataset, other.eval_root) == (s.train_data, "wds/my_set", eval_root)
-    assert other.heldout is None  # no held-out pairs given: the leak diagnostic is skipped, not guessed
+    train = s.data.train_data
+    other = Planned(tmp_path, ["--train-data", train, "--train-num-samples", "512", "--eval-dataset", "wds/my_set",
+                               "--eval-root", str(eval_root), "--methods", "stock"])
+    assert (other.data.train_data, other.data.eval_dataset, other.data.eval_root) == (train, "wds/my_set", eval_root)
+    assert other.data.heldout is None  # no held-out pairs given: the leak diagnostic is skipped, not guessed
     assert not (tmp_path / "data").exists()  # nothing of Fashion-MNIST built
-    run = next(r for r in other.plan(["stock"], [0]))
-    assert trainer_parse_args(other.trainer_command(run, tmp_path / "r", None)[3:]).train_data == s.train_data
+    run = other.runs[0]
+    assert trainer_parse_args(other.runner.trainer_command(run, tmp_path / "r", None)[3:]).train_data == train
 
 
 def test_too_little_other_data_is_refused(planned, tmp_path):
     s, _ = planned
-    args = study.parse_args([*TINY, "--out", str(tmp_path), "--train-data", s.train_data, "--train-num-samples", "100"])
     with pytest.raises(ValueError, match="reads 256 samples per epoch"):
-        study.Study(args).prepare()
+        Planned(tmp_path, ["--train-data", s.data.train_data, "--train-num-samples", "100"])

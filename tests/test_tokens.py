@@ -1,17 +1,18 @@
-"""The pure maths of src/open_clip_elip/tokens.py against the method's formulas (docs/method.md)."""
+"""The pure maths of ELIP (families/elip/tokens.py, core/attention.py, core/reduce.py) against the
+method's formulas (docs/method.md)."""
 import pytest
 import torch
 from open_clip.transformer import ResidualAttentionBlock
 
-from open_clip_elip.tokens import (
+from open_clip_elip.core.attention import cls_attention
+from open_clip_elip.core.reduce import select_tokens
+from open_clip_elip.families.elip.tokens import (
     MERGE_EPS,
-    cls_attention,
     fuse_cls,
     keep_counts,
     merge_weights,
     other_row,
     prune_and_merge,
-    select_tokens,
 )
 
 PAPER_RATIOS = (0.9, 0.65, 0.4)

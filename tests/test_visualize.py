@@ -5,8 +5,7 @@ import torch
 from conftest import TINY_ELIP, TINY_STOCK, digit_samples
 from PIL import Image
 
-from open_clip_elip import visualize
-from open_clip_elip.model import BlockTrace
+from open_clip_elip import BlockTrace, visualize
 
 
 def test_cli_writes_a_png_of_the_expected_size(tiny_configs, tmp_path):

@@ -1,13 +1,13 @@
 """Efficiency benchmark of the image tower: ``python -m open_clip_elip.bench``.
 
-One row per method: stock, ELIP (look-ahead scoring, the ``-elip`` default), ELIP with
-first-layer scoring, EViT, random token drop at ELIP's token budget (OpenCLIP's patch
-dropout), and the authors' code shape (a reference kept here, not in the model code);
-a training step (forward and backward of the image tower) for each; and forward-only
-inference rows: stock vs ELIP's vision-only ``prune_without_text`` (look-ahead and first-layer
-scoring). Columns: share of token-layers removed, GFLOPs per image measured
-(``FlopCounterMode``) and predicted from token counts, activation bytes saved for backward
-per image (``saved_tensors_hooks``), peak memory (CUDA only), and time per step as a ratio
+One row per method: stock; every registered family (``core.registry``: ELIP with look-ahead scoring, the
+``-elip`` default, EViT, ToMe, a user's) with its defaults and the variants it declares (ELIP with first-layer
+scoring); random token drop at ELIP's token budget (OpenCLIP's patch dropout); and the authors' code shape of
+ELIP (a reference kept here, not in the model code); a training step (forward and backward of the image
+tower) for each; and forward-only inference rows: stock vs the families' inference variants (ELIP's
+vision-only ``prune_without_text``, look-ahead and first-layer scoring). Columns: share of token-layers
+removed, GFLOPs per image measured (``FlopCounterMode``) and predicted from token counts, activation bytes
+saved for backward per image (``saved_tensors_hooks``), peak memory (CUDA only), and time per step as a ratio
 to stock (median over interleaved repetitions, wall and process CPU time).
 ``--capacity-bytes`` finds the largest batch each method fits in a budget.
 """
@@ -30,16 +30,16 @@ import open_clip
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from .evit import apply_evit
-from .model import ElipVisionTransformer
-from .tokens import MERGE_EPS, keep_counts
+from .core import registry
+from .core.costs import TowerCost, predict_plain
+from .core.registry import TRAIN, Family
+from .families.elip import ElipVisionTransformer, predict_elip
+from .families.elip.tokens import MERGE_EPS
 
-TRAIN, INFER = "train step", "inference"
-STOCK, ELIP, FIRST_LAYER, EVIT, RANDOM, AUTHORS = (
-    "stock", "elip", "elip first_layer", "evit 0.7", "random drop", "authors' code shape")
+INFER = registry.INFERENCE
+STOCK, ELIP, RANDOM, AUTHORS = "stock", "elip", "random drop", "authors' code shape"
 PRECISIONS = {  # name -> (parameter and input dtype, autocast dtype or None)
     "fp32": (torch.float32, None),
     "bf16": (torch.bfloat16, None),
@@ -73,66 +73,6 @@ EXTRA_FLOP_FORMULAS = {
 }
 
 
-@dataclass(frozen=True)
-class TowerCost:
-    """FLOPs of one image's pass through parts of a ViT, counted as ``FlopCounterMode`` counts
-    them (2 per multiply-add, matrix products only). Backward costs 2x the forward, except the
-    SDPA core (2.5x: the scores are recomputed) and the patch embedding (weight gradient only)."""
-
-    width: int
-    mlp_width: int
-    embed_dim: int
-    patch_dim: int
-    num_patches: int
-
-    @classmethod
-    def of(cls, visual: VisionTransformer) -> "TowerCost":
-        block = visual.transformer.resblocks[0]
-        return cls(width=visual.transformer.width, mlp_width=block.mlp.c_fc.out_features,
-                   embed_dim=visual.proj.shape[1], patch_dim=visual.conv1.weight[0].numel(),
-                   num_patches=visual.grid_size[0] * visual.grid_size[1])
-
-    def projections(self, n: int) -> int:
-        """Attention's in and out projections on ``n`` tokens."""
-        return 8 * n * self.width ** 2
-
-    def core(self, n: int) -> int:
-        """Attention's scores and weighted sum (QK^T, AV) over ``n`` tokens."""
-        return 4 * n * n * self.width
-
-    def mlp(self, n: int) -> int:
-        return 4 * n * self.width * self.mlp_width
-
-    def layer(self, n: int) -> int:
-        return self.projections(n) + self.core(n) + self.mlp(n)
-
-    def layer_train(self, n_attention: int, n_mlp: Optional[int] = None) -> int:
-        n_mlp = n_attention if n_mlp is None else n_mlp
-        return 3 * (self.projections(n_attention) + self.mlp(n_mlp)) + 7 * self.core(n_attention) // 2
-
-    def cls_score(self, n: int) -> int:
-        """``tokens.cls_attention``: CLS query, keys of ``n`` tokens, one row of scores."""
-        return 2 * self.width ** 2 + 2 * n * self.width ** 2 + 2 * n * self.width
-
-    def mix(self, n: int) -> int:
-        """A weighted sum of ``n`` tokens."""
-        return 2 * n * self.width
-
-    def embed(self) -> int:
-        return 2 * self.num_patches * self.patch_dim * self.width
-
-    def head(self) -> int:
-        return 2 * self.width * self.embed_dim
-
-
-def text_train_flops(model) -> int:
-    """Training FLOPs per caption of an OpenCLIP text tower, with ``TowerCost``'s per-layer formulas."""
-    transformer = model.transformer
-    cost = TowerCost(width=transformer.width, mlp_width=transformer.resblocks[0].mlp.c_fc.out_features,
-                     embed_dim=model.text_projection.shape[1], patch_dim=0, num_patches=0)
-    return len(transformer.resblocks) * cost.layer_train(model.context_length) + 3 * cost.head()
-
-
 @dataclass
 class Method:
     """One benchmark row: how to run it and what its token counts predict."""
@@ -144,54 +84,6 @@ class Method:
     layer_tokens: Tuple[int, ...]  # tokens entering each layer on the gradient (or inference) path
     predicted_flops: int  # per image, for its mode
     compilable: bool = True
-
-
-def elip_layer_tokens(visual: ElipVisionTransformer) -> Tuple[int, ...]:
-    """Tokens entering each layer of a guided ELIP tower."""
-    return tuple(n for n, layers in zip(visual.tokens_per_block(), visual.elip_cfg.layout) for _ in range(layers))
-
-
-def predict_elip(visual: ElipVisionTransformer, cost: TowerCost, train: bool, guided: bool = True,
-                 authors_shape: bool = False) -> int:
-    """FLOPs per image of an ELIP tower: pruned layers, look-ahead (forward only), scoring, merging."""
-    cfg = visual.elip_cfg
-    counts = visual.tokens_per_block()
-    flops = (2 if train else 1) * cost.embed() + (3 if train else 1) * cost.head()
-    flops += cost.head() if guided else 0  # text into vision space, no gradient
-    for b, (n, layers) in enumerate(zip(counts, cfg.layout)):
-        flops += layers * (cost.layer_train(n) if train else cost.layer(n))
-        if b == 0:
-            continue
-        previous = counts[b - 1]
-        if cfg.scoring == "first_layer":
-            flops += cost.cls_score(previous)
-        elif authors_shape:  # full attention of the block's last layer, need_weights=True
-            flops += (layers - 1) * cost.layer(previous) + cost.projections(previous) + cost.core(previous)
-        else:
-            flops += (layers - 1) * cost.layer(previous) + cost.cls_score(previous)
-        if n > 1 + min(keep_counts(counts[0], cfg.keep_ratios)[b - 1], previous - 1):  # a merged token
-            mixed = previous - n + 1 if authors_shape else previous - 1
-            flops += (2 if train else 1) * cost.mix(mixed)
-    return flops
-
-
-def predict_evit(visual, cost: TowerCost) -> int:
-    """FLOPs per image of an EViT training step (its scores and fused token carry gradient)."""
-    flops = 2 * cost.embed() + 3 * cost.head()
-    for i, (n_attention, n_mlp) in enumerate(visual.tokens_per_layer()):
-        flops += cost.layer_train(n_attention, n_mlp)
-        if i in visual.evit_prune_layers:
-            flops += 3 * cost.mix(n_attention)  # CLS row of scores, from the layer's own q and k
-            if visual.evit_fuse and n_mlp < n_attention:
-                flops += 3 * cost.mix(n_attention - 1)
-    return flops
-
-
-def predict_plain(cost: TowerCost, layer_tokens: Sequence[int], train: bool) -> int:
-    """FLOPs per image of an unpruned tower whose layers see ``layer_tokens`` tokens."""
-    if train:
-        return 2 * cost.embed() + 3 * cost.head() + sum(cost.layer_train(n) for n in layer_tokens)
-    return cost.embed() + cost.head() + sum(cost.layer(n) for n in layer_tokens)
 
 
 def authors_shape_forward(visual: ElipVisionTransformer, images: torch.Tensor,
@@ -249,60 +141,62 @@ def random_drop_prob(num_patches: int, tokens_per_layer: float) -> Tuple[float, 
 
 
 def build_methods(model_name: str, image_size: Optional[int], device: torch.device) -> Tuple[List[Method], dict]:
-    """The benchmark's rows, all with the same weights, in fp32 on ``device``."""
-    if not model_name.endswith("-elip"):
-        raise ValueError(f"--model takes an ELIP model name ending in -elip (e.g. ViT-S-16-elip), got {model_name!r}")
-    stock_name = model_name[:-len("-elip")]
+    """The benchmark's rows, all with the same weights, in fp32 on ``device``: stock; every registered family
+    with its defaults and its variants (``core.registry``); random drop at ELIP's token budget; the authors'
+    code shape of ELIP. ``model_name`` is a stock ViT or any family's twin of it (the family part is dropped)."""
+    stock_name = registry.family_part().sub("", model_name)
+    stock_config = open_clip.get_model_config(stock_name)
+    if stock_config is None:
+        raise ValueError(f"--model {model_name!r}: no OpenCLIP model config {stock_name!r}; give a stock ViT "
+                         "(e.g. ViT-S-16) or a family twin of one (e.g. ViT-S-16-elip)")
     sizes = {} if image_size is None else {"force_image_size": image_size}
-    elip = open_clip.create_model(model_name, **sizes).visual
-    if not isinstance(elip, ElipVisionTransformer):
-        raise ValueError(f"{model_name} does not build an ELIP image tower")
-    stock = open_clip.create_model(stock_name, **sizes).visual
-    stock.load_state_dict(elip.state_dict())
-    cost = TowerCost.of(elip)
-    depth = len(elip.transformer.resblocks)
+    stock_model = open_clip.create_model(stock_name, **sizes)
+    stock = stock_model.visual
+    cost = TowerCost.of(stock)
+    depth = len(stock.transformer.resblocks)
     n0 = cost.num_patches + 1
 
-    first_layer = copy.deepcopy(elip)
-    first_layer.init_elip(elip.elip_cfg, scoring="first_layer")
-    evit = apply_evit(copy.deepcopy(stock))
-    elip_tokens = elip_layer_tokens(elip)
-    prob, patches = random_drop_prob(cost.num_patches, sum(elip_tokens) / depth)
-    dropped = open_clip.create_model(stock_name, force_patch_dropout=prob, **sizes).visual
-    dropped.load_state_dict(elip.state_dict())
-    vision_only = copy.deepcopy(elip)
-    vision_only.init_elip(elip.elip_cfg, prune_without_text=True)
-    vision_only_first = copy.deepcopy(elip)
-    vision_only_first.init_elip(elip.elip_cfg, prune_without_text=True, scoring="first_layer")
+    named = open_clip.get_model_config(model_name) or {}
 
-    def guided(visual):
-        return lambda images, text: visual(images, text_features=text)
+    def row(family: Family, name: str, options: dict, mode: str) -> Method:
+        """The family's block in the named config if it has one, else the family's defaults; then ``options``."""
+        base = named.get(family.config_block) or family.default_options(stock_config)
+        model = family.apply(copy.deepcopy(stock_model), **{**base, **options})
+        visual = model.visual
+        guided = family.takes_caption and mode == TRAIN
+        forward = (lambda images, text: visual(images, text_features=text)) if guided else (
+            lambda images, text: visual(images))
+        return Method(name, mode, visual, forward, family.layer_tokens(visual),
+                      family.flops(visual, cost, mode == TRAIN))
 
     def unguided(visual):
         return lambda images, text: visual(images)
 
+    train_rows, inference_rows = [], []
+    for family in registry.FAMILIES.values():
+        train_rows.append(row(family, family.name, {}, TRAIN))
+        for variant in family.variants:
+            (train_rows if variant.mode == TRAIN else inference_rows).append(
+                row(family, variant.name, variant.options, variant.mode))
+    elip = next(m for m in train_rows if m.name == ELIP)
+    prob, patches = random_drop_prob(cost.num_patches, sum(elip.layer_tokens) / depth)
+    dropped = open_clip.create_model(stock_name, force_patch_dropout=prob, **sizes).visual
+    dropped.load_state_dict(stock.state_dict())
     methods = [
         Method(STOCK, TRAIN, stock, unguided(stock), (n0,) * depth, predict_plain(cost, (n0,) * depth, True)),
-        Method(ELIP, TRAIN, elip, guided(elip), elip_tokens, predict_elip(elip, cost, True)),
-        Method(FIRST_LAYER, TRAIN, first_layer, guided(first_layer), elip_tokens,
-               predict_elip(first_layer, cost, True)),
-        Method(EVIT, TRAIN, evit, unguided(evit), tuple(n for n, _ in evit.tokens_per_layer()),
-               predict_evit(evit, cost)),
+        *train_rows,
         Method(RANDOM, TRAIN, dropped, unguided(dropped), (patches + 1,) * depth,
                predict_plain(cost, (patches + 1,) * depth, True)),
-        Method(AUTHORS, TRAIN, elip, lambda images, text: authors_shape_forward(elip, images, text), elip_tokens,
-               predict_elip(elip, cost, True, authors_shape=True), compilable=False),
+        Method(AUTHORS, TRAIN, elip.module, lambda images, text: authors_shape_forward(elip.module, images, text),
+               elip.layer_tokens, predict_elip(elip.module, cost, True, authors_shape=True), compilable=False),
         Method(STOCK, INFER, stock, unguided(stock), (n0,) * depth, predict_plain(cost, (n0,) * depth, False)),
-        Method("elip vision-only", INFER, vision_only, unguided(vision_only), elip_tokens,
-               predict_elip(vision_only, cost, False, guided=False)),
-        Method("elip vision-only first_layer", INFER, vision_only_first, unguided(vision_only_first), elip_tokens,
-               predict_elip(vision_only_first, cost, False, guided=False)),
+        *inference_rows,
     ]
     for method in methods:
         method.module.to(device)
     info = {"stock_model": stock_name, "tokens": n0, "depth": depth, "embed_dim": cost.embed_dim,
             "random_drop_prob": prob, "random_drop_patches": patches,
-            "image_size": list(elip.image_size)}
+            "image_size": list(stock.image_size)}
     return methods, info
 
 
@@ -442,7 +336,7 @@ def device_description(device: torch.device) -> str:
     return f"cpu: {model}"
 
 
-def run_benchmark(model: str = "ViT-S-16-elip", batch_size: int = 8, image_size: Optional[int] = None,
+def run_benchmark(model: str = "ViT-S-16", batch_size: int = 8, image_size: Optional[int] = None,
                   repetitions: int = 5, device: str = "cpu", precision: str = "fp32", compile: bool = False,
                   capacity_bytes: Optional[int] = None, argv: Optional[Sequence[str]] = None) -> dict:
     """Run the benchmark; return ``{"meta", "rows", "capacity", "times"}`` (rows and capacity as pandas
@@ -511,7 +405,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"# {meta['command']}",
         f"# torch {meta['torch']}, open_clip {meta['open_clip']}, {meta['device']}, {meta['threads']} threads",
-        f"# {meta['model']} vs {meta['stock_model']}: {meta['image_size'][0]} px, {meta['tokens']} tokens, "
+        f"# {meta['stock_model']} and its family twins: {meta['image_size'][0]} px, {meta['tokens']} tokens, "
         f"batch {meta['batch_size']}, {meta['precision']}, {meta['repetitions']} repetitions, "
         f"compile {'on' if meta['compile'] else 'off'}",
         f"# random drop: patch dropout prob {meta['random_drop_prob']:.4f} keeps {meta['random_drop_patches']} "
@@ -569,7 +463,8 @@ def write_report(report: dict, prefix: str) -> List[str]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="ViT-S-16-elip", help="an -elip model; stock is the name without -elip")
+    parser.add_argument("--model", default="ViT-S-16", help="a stock ViT, or a family twin of one (ViT-S-16-elip): "
+                        "every family is benchmarked on its architecture")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=None, help="default: the model's")
     parser.add_argument("--repetitions", type=int, default=5, help="timed steps per method (after one warm-up)")

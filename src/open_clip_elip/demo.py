@@ -33,8 +33,9 @@ import open_clip
 import pandas as pd
 
 from . import fashion_mnist
+from .core.registration import EXTRA_CONFIGS_ENV
+from .core.registry import FAMILIES, twin_config
 from .evaluate import clip_benchmark_eval, export_wds
-from .registration import EXTRA_CONFIGS_ENV
 from .results import load_results, results_table, to_markdown
 
 DATASET = "wds/fashion_mnist"
@@ -52,7 +53,7 @@ def model_configs(image_size: int, patch_size: int = 4, width: int = 128, layers
                   head_width: int = 64) -> dict:
     """``{name: OpenCLIP model config}``: a small stock ViT CLIP and its ``-elip`` twin.
 
-    ELIP uses the paper's layout scaled to 6 layers (1/1/3/1) and its keep ratios 0.9/0.65/0.4.
+    ELIP takes its family defaults: the paper's layout scaled to 6 layers (1/1/3/1), keep ratios 0.9/0.65/0.4.
     """
     if image_size % patch_size:
         raise ValueError(f"--image-size {image_size} is not a multiple of the patch size {patch_size}")
@@ -63,8 +64,7 @@ def model_configs(image_size: int, patch_size: int = 4, width: int = 128, layers
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": width, "heads": 2, "layers": 3},
     }
     name = f"ViT-FMNIST-{image_size}px"
-    elip = {**stock, "elip_cfg": {"layout": [1, 1, 3, 1], "keep_ratios": [0.9, 0.65, 0.4]}}
-    return {name: stock, f"{name}-elip": elip}
+    return {name: stock, f"{name}-elip": twin_config(FAMILIES["elip"], stock)}
 
 
 def train_shards(out: Path, samples: int, seed: int, source: "Path | None" = None) -> Path:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
 
-from .model import BlockTrace, ElipCLIP
-from .tokens import text_term
+from .families.elip.model import BlockTrace, ElipCLIP
+from .families.elip.tokens import text_term
 
 CONDITIONS = ("unguided", "own", "shuffled")
 

@@ -15,7 +15,7 @@ import open_clip
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .model import BlockTrace, ElipVisionTransformer
+from .families.elip.model import BlockTrace, ElipVisionTransformer
 
 MARGIN = 8
 TITLE_HEIGHT = 20

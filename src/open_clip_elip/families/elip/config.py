@@ -58,7 +58,7 @@ class ElipConfig:
         """Check against a ViT of ``depth`` layers whose transformer sees ``num_tokens``
         tokens (CLS included; one count per mode, e.g. with and without patch dropout),
         and return the config with its layout filled in."""
-        layout = self.layout if self.layout is not None else _scaled_paper_layout(depth)
+        layout = self.layout if self.layout is not None else scaled_paper_layout(depth)
         if any(not isinstance(n, int) or n < 1 for n in layout):
             raise ValueError(f"elip_cfg.layout: every block needs at least one layer, got {list(layout)}")
         if sum(layout) != depth:
@@ -87,7 +87,7 @@ class ElipConfig:
         return dataclasses.replace(self, layout=tuple(layout), keep_ratios=tuple(ratios))
 
 
-def _scaled_paper_layout(depth: int) -> Tuple[int, ...]:
+def scaled_paper_layout(depth: int) -> Tuple[int, ...]:
     if depth % 6:
         raise ValueError(
             f"elip_cfg.layout: no default layout for a {depth}-layer ViT (the paper's 2/2/6/2 scales to "

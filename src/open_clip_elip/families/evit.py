@@ -5,7 +5,7 @@ CLS query's attention of that same attention (averaged over heads) keeps the top
 ``ceil(keep_rate x (N - 1))`` tokens; the inattentive ones are fused into one token, their
 sum weighted by that attention (not renormalised, and with gradient, as in EViT's code);
 then the layer's MLP runs on the reduced set. The fused token is an ordinary token later.
-Like ``apply_elip``, ``apply_evit`` swaps the class of an existing tower: no parameter changes;
+Like every family, ``apply_evit`` swaps the class of an existing tower: no parameter changes;
 ``EvitCLIP`` is the model class of the ``-evit`` configs.
 Kept tokens stay in their original order (EViT orders them by score; the outputs are the same).
 """
@@ -15,14 +15,26 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
+from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
-from .model import FamilyCLIP, check_prunable, pool_and_project
-from .tokens import select_tokens
+from ..core.attention import attend, cls_probs, qkv
+from ..core.costs import TowerCost
+from ..core.reduce import select_tokens, take_tokens, weighted_token
+from ..core.registration import register_family
+from ..core.registry import REDUCES, Family
+from ..core.towers import (
+    FamilyCLIP,
+    check_prunable,
+    check_vision_transformer,
+    pool_and_project,
+    run_layer,
+    swap_class,
+)
 
 EVIT_KEEP_RATE = 0.7
 EVIT_LAYERS_OF_12 = (3, 6, 9)  # 0-based: EViT's default pruning locations in a 12-layer ViT
+OPTIONS = ("keep_rate", "prune_layers", "fuse")
 
 
 def evit_prune_layers(depth: int) -> Tuple[int, ...]:
@@ -38,35 +50,19 @@ def evit_keep_count(num_tokens: int, keep_rate: float) -> int:
     return math.ceil(keep_rate * (num_tokens - 1))
 
 
-def attention_with_cls_scores(block: ResidualAttentionBlock, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``block.attn(ln_1(x))`` (nn.MultiheadAttention's maths, through SDPA) and the CLS query's
-    attention probabilities over the other tokens, averaged over heads (``B x (N - 1)``), from
-    the same queries and keys, with gradient."""
-    attn = block.attn
-    batch, num_tokens, width = x.shape
-    heads = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(batch, num_tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v)
-    out = F.linear(out.transpose(1, 2).reshape(batch, num_tokens, width), attn.out_proj.weight, attn.out_proj.bias)
-    logits = (q[:, :, :1] * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # B x H x 1 x N
-    cls_attn = logits.float().softmax(dim=-1).mean(dim=1)[:, 0, 1:]
-    return out, cls_attn
-
-
 def evit_layer(block: ResidualAttentionBlock, x: torch.Tensor, keep_rate: float, fuse: bool = True) -> torch.Tensor:
-    """One OpenCLIP layer with EViT's token reorganisation between its attention and its MLP."""
-    out, cls_attn = attention_with_cls_scores(block, x)
-    x = x + block.ls_1(out)
+    """One OpenCLIP layer with EViT's token reorganisation between its attention and its MLP. The CLS query's
+    attention (averaged over heads) comes from the layer's own queries and keys, with gradient."""
+    q, k, v = qkv(block, block.ln_1(x))
+    x = x + block.ls_1(attend(block, q, k, v))
+    cls_attn = cls_probs(q[:, :, :1], k)
     patches = x[:, 1:]
     num_keep = evit_keep_count(x.shape[1], keep_rate)
     if num_keep < patches.shape[1]:
         keep_index = select_tokens(cls_attn.detach(), num_keep)
-        kept = patches[torch.arange(x.shape[0], device=x.device).unsqueeze(1), keep_index]
-        parts = [x[:, :1], kept]
+        parts = [x[:, :1], take_tokens(patches, keep_index)]
         if fuse:
-            inattentive = cls_attn.scatter(1, keep_index, 0.0)  # zero where kept
-            parts.append(inattentive.to(x.dtype).unsqueeze(1) @ patches)
+            parts.append(weighted_token(cls_attn.scatter(1, keep_index, 0.0), patches))  # inattentive tokens
         x = torch.cat(parts, dim=1)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
@@ -103,26 +99,24 @@ class EvitVisionTransformer(VisionTransformer):
         x = self._embeds(x)
         for i, layer in enumerate(self.transformer.resblocks):
             if i in self.evit_prune_layers:
-                x = evit_layer(layer, x, self.evit_keep_rate, self.evit_fuse)
+                x = run_layer(self, evit_layer, layer, x, self.evit_keep_rate, self.evit_fuse)
             else:
-                x = layer(x)
+                x = run_layer(self, layer, x)
         return pool_and_project(self, x)
 
 
-def apply_evit(visual: VisionTransformer, keep_rate: float = EVIT_KEEP_RATE,
-               prune_layers: Optional[Sequence[int]] = None, fuse: bool = True) -> EvitVisionTransformer:
-    """Turn a stock OpenCLIP ``VisionTransformer`` (e.g. ``model.visual``) into EViT, in place."""
-    if type(visual) is not VisionTransformer:
-        raise TypeError(
-            f"apply_evit takes a stock open_clip VisionTransformer (model.visual of a ViT CLIP), "
-            f"got {type(visual).__name__}")
-    visual.__class__ = EvitVisionTransformer
-    try:
-        visual.init_evit(keep_rate, prune_layers, fuse)
-    except Exception:
-        visual.__class__ = VisionTransformer
-        raise
-    return visual
+def apply_evit(model: CLIP, keep_rate: float = EVIT_KEEP_RATE, prune_layers: Optional[Sequence[int]] = None,
+               fuse: bool = True) -> "EvitCLIP":
+    """Turn a stock OpenCLIP ViT ``CLIP`` into an ``EvitCLIP``, in place (state dict unchanged); a rejected
+    option leaves the model as it was."""
+    if type(model) not in (CLIP, EvitCLIP):
+        raise TypeError(f"apply_evit takes an open_clip CLIP model (as create_model('ViT-B-16') returns), "
+                        f"got {type(model).__name__}")
+    visual = model.visual
+    check_vision_transformer(visual, "EViT")
+    swap_class(visual, EvitVisionTransformer, lambda: visual.init_evit(keep_rate, prune_layers, fuse))
+    model.__class__ = EvitCLIP
+    return model
 
 
 class EvitCLIP(FamilyCLIP):
@@ -134,17 +128,42 @@ class EvitCLIP(FamilyCLIP):
     def __init__(self, *args, evit_cfg: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
         options = dict(evit_cfg or {})
-        unknown = sorted(set(options) - {"keep_rate", "prune_layers", "fuse"})
+        unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
-            raise ValueError(f"evit_cfg: unknown option(s) {unknown}; accepted options are "
-                             "['keep_rate', 'prune_layers', 'fuse']")
-        apply_evit(self.visual, **options)
+            raise ValueError(f"evit_cfg: unknown option(s) {unknown}; accepted options are {list(OPTIONS)}")
+        visual = self.visual
+        check_vision_transformer(visual, "EViT")
+        swap_class(visual, EvitVisionTransformer, lambda: visual.init_evit(**options))
 
     def options(self) -> dict:
-        return evit_options(self.visual)
+        """Every option of the EViT tower as a JSON-ready ``evit_cfg`` block."""
+        visual = self.visual
+        return {"keep_rate": visual.evit_keep_rate, "prune_layers": list(visual.evit_prune_layers),
+                "fuse": visual.evit_fuse}
 
 
-def evit_options(visual: EvitVisionTransformer) -> dict:
-    """Every option of an EViT tower as a JSON-ready ``evit_cfg`` block."""
-    return {"keep_rate": visual.evit_keep_rate, "prune_layers": list(visual.evit_prune_layers),
-            "fuse": visual.evit_fuse}
+def predict_evit(visual: EvitVisionTransformer, cost: TowerCost, train: bool = True) -> int:
+    """FLOPs per image of an EViT training step (its scores and fused token carry gradient) or forward."""
+    flops = (2 if train else 1) * cost.embed() + (3 if train else 1) * cost.head()
+    factor = 3 if train else 1
+    for i, (n_attention, n_mlp) in enumerate(visual.tokens_per_layer()):
+        flops += cost.layer_train(n_attention, n_mlp) if train else (
+            cost.projections(n_attention) + cost.core(n_attention) + cost.mlp(n_mlp))
+        if i in visual.evit_prune_layers:
+            flops += factor * cost.mix(n_attention)  # CLS row of scores, from the layer's own q and k
+            if visual.evit_fuse and n_mlp < n_attention:
+                flops += factor * cost.mix(n_attention - 1)
+    return flops
+
+
+FAMILY = register_family(Family(
+    name="evit",
+    model_class=EvitCLIP,
+    apply=apply_evit,
+    default_options=lambda stock_config: {"keep_rate": EVIT_KEEP_RATE, "fuse": True},
+    without_caption=REDUCES,
+    at_inference=REDUCES,
+    layer_tokens=lambda visual: tuple(n for n, _ in visual.tokens_per_layer()),
+    flops=predict_evit,
+    description="EViT: the CLS attention of the layer keeps the top 70% of tokens at 3 layers, fuses the rest",
+))

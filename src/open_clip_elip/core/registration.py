@@ -1,14 +1,14 @@
-"""OpenCLIP glue, all of it: the ``-elip`` (and ``-evit``) model configs, their pretrained tags, two hooks
-in ``open_clip.factory`` and one in ``open_clip.push_to_hf_hub``.
+"""OpenCLIP glue, all of it: every registered family's ``-<family>`` model configs (generated from OpenCLIP's own
+stock configs), their pretrained tags, two hooks in ``open_clip.factory`` and one in ``open_clip.push_to_hf_hub``.
 
 OpenCLIP 3.3 registers JSON configs (``add_model_config``) but picks the model class by
-hard-coded rules (``model_class = CLIP`` in ``create_model``). ``register`` adds our configs,
-points that ``CLIP`` name at ``build_clip`` (an ``ElipCLIP`` for any config carrying an
-``elip_cfg`` block, an ``EvitCLIP`` for ``evit_cfg``, the stock ``CLIP`` otherwise), and wraps
-``create_model`` so that a per-call ``elip_cfg={...}`` (or ``evit_cfg``) overrides only the options it
-names (OpenCLIP would replace the whole block). It also gives each ``-elip`` / ``-evit`` config the
-pretrained tags of its stock twin (``register_pretrained_tags``) and makes ``save_for_hf`` /
-``push_to_hf_hub`` save a family model's current options (``save_current_options``).
+hard-coded rules (``model_class = CLIP`` in ``create_model``). ``register`` adds the configs,
+points that ``CLIP`` name at ``build_clip`` (the family's model class for a config carrying a family's
+block, ``elip_cfg``, ``evit_cfg``, ..., the stock ``CLIP`` otherwise), and wraps ``create_model`` so that a
+per-call ``elip_cfg={...}`` (or any family's block) overrides only the options it names (OpenCLIP would
+replace the whole block). It also gives each family config the pretrained tags of its stock twin
+(``register_pretrained_tags``) and makes ``save_for_hf`` / ``push_to_hf_hub`` save a family model's current
+options (``save_current_options``). ``register_family`` adds a family to the registry and to OpenCLIP.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import copy
 import functools
 import importlib
 import os
-import re
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -25,45 +24,69 @@ from open_clip import factory
 from open_clip import pretrained as open_clip_pretrained
 from open_clip.model import CLIP
 
-from .evit import EvitCLIP
-from .model import CREATED_FROM, ElipCLIP, FamilyCLIP
+from . import registry
+from .registry import Family
+from .towers import CREATED_FROM, FamilyCLIP
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 EXTRA_CONFIGS_ENV = "OPEN_CLIP_ELIP_CONFIGS"  # more config files or folders, os.pathsep-separated
-
-
-# model families: config block -> model class (a baseline is a config plus a class here)
-FAMILIES = {family.config_block: family for family in (ElipCLIP, EvitCLIP)}
-FAMILY_PART = re.compile(r"-(elip|evit)(-.*)?$")  # ViT-B-16-elip, ViT-B-16-elip-first-layer -> ViT-B-16
+FAMILY_MODULES_ENV = "OPEN_CLIP_ELIP_FAMILIES"  # modules that register a family of a user's, comma-separated
 _TAGGED_TWINS: dict = {}  # family model name -> the stock twin whose pretrained tags it was given
+_GENERATED: dict = {}  # generated family model name -> its config (a config file of the same name wins)
+
+
+def register_family(family: Family) -> Family:
+    """Register a token-reduction family: ``create_model``, OpenCLIP's trainer, clip_benchmark, the benchmark
+    and the study then know it, and every stock ViT in ``family.twins`` gets a ``<twin>-<name>`` config.
+    Registering a family of the same name again replaces it. Returns the family."""
+    registry.add(family)
+    if factory.CLIP is build_clip:  # OpenCLIP registration done already: the new twins now
+        add_twin_configs()
+        register_pretrained_tags()
+    return family
+
+
+def add_twin_configs() -> None:
+    """A ``<stock>-<family>`` config for each family and each of its stock twins, from OpenCLIP's own stock
+    config (never over a config file of the same name)."""
+    for family in registry.FAMILIES.values():
+        for twin in family.twins:
+            stock = factory._MODEL_CONFIGS.get(twin)
+            name = f"{twin}-{family.name}"
+            if stock is None or factory._MODEL_CONFIGS.get(name, _GENERATED.get(name)) is not _GENERATED.get(name):
+                continue  # no such stock config here, or a config file of that name
+            config = registry.twin_config(family, copy.deepcopy(stock))
+            factory._MODEL_CONFIGS[name] = _GENERATED[name] = config
+    factory._MODEL_CONFIGS = dict(sorted(factory._MODEL_CONFIGS.items(), key=lambda kv: factory._natural_key(kv[0])))
 
 
 def build_clip(**model_cfg) -> CLIP:
-    """``create_model``'s constructor for non-custom-text models: the family class of the config's
-    ``elip_cfg`` / ``evit_cfg`` block, the stock ``CLIP`` otherwise. The model keeps the config it was
-    built from (``model_config()`` of the family models reports it)."""
-    blocks = [key for key in FAMILIES if key in model_cfg]
+    """``create_model``'s constructor for non-custom-text models: the model class of the family whose block
+    the config carries, the stock ``CLIP`` otherwise. The model keeps the config it was built from
+    (``model_config()`` of the family models reports it)."""
+    blocks = registry.blocks_in(model_cfg)
     if len(blocks) > 1:
-        raise ValueError(f"a model config takes one of {list(FAMILIES)}, got {blocks}")
-    model = (FAMILIES[blocks[0]] if blocks else CLIP)(**model_cfg)
+        raise ValueError(f"a model config takes one of {[f.config_block for f in registry.FAMILIES.values()]}, "
+                         f"got {blocks}")
+    model = (registry.by_block(blocks[0]).model_class if blocks else CLIP)(**model_cfg)
     setattr(model, CREATED_FROM, copy.deepcopy({k: v for k, v in model_cfg.items() if k != "cast_dtype"}))
     return model
 
 
 def stock_twin(name: str) -> Tuple[Optional[str], str]:
-    """The stock model whose pretrained tags the ``-elip`` / ``-evit`` config ``name`` takes, or None and why not.
+    """The stock model whose pretrained tags the family config ``name`` (``-elip``, ``-evit``, ...) takes, or None
+    and why not.
 
     The twin is the name without its family part (``ViT-B-16-elip`` and ``ViT-B-16-elip-first-layer`` ->
     ``ViT-B-16``; ``ViT-B-16-quickgelu-elip`` -> ``ViT-B-16-quickgelu``); its tags carry over only if the two
     configs are equal once the family block is dropped (so the weights, activation and preprocessing fit)."""
     config = factory._MODEL_CONFIGS.get(name) or {}
-    blocks = [block for block in FAMILIES if block in config]
-    twin = FAMILY_PART.sub("", name)
+    blocks = registry.blocks_in(config)
+    twin = registry.family_part().sub("", name)
     if not blocks or twin == name:
-        return None, f"'{name}' is not a registered -elip/-evit model"
+        return None, f"'{name}' is not a registered family model (-{'/-'.join(registry.FAMILIES)})"
     if twin not in factory._MODEL_CONFIGS:
         return None, f"there is no stock model '{twin}' to take them from"
-    if {k: v for k, v in config.items() if k not in FAMILIES} != factory._MODEL_CONFIGS[twin]:
+    if {k: v for k, v in config.items() if k not in blocks} != factory._MODEL_CONFIGS[twin]:
         return None, (f"its config differs from stock '{twin}' beyond {blocks[0]}, so the stock weights need not fit "
                       "(pretrained tags carry over to an otherwise identical config only)")
     if not open_clip_pretrained._PRETRAINED.get(twin):
@@ -72,7 +95,7 @@ def stock_twin(name: str) -> Tuple[Optional[str], str]:
 
 
 def register_pretrained_tags() -> None:
-    """Give every registered ``-elip`` / ``-evit`` config the pretrained tags of its stock twin (same weights
+    """Give every registered family config the pretrained tags of its stock twin (same weights
     and preprocessing, see ``stock_twin``), so that ``pretrained='openai'`` etc. resolve as for the stock name."""
     registry = open_clip_pretrained._PRETRAINED
     for name in list(factory._MODEL_CONFIGS):
@@ -94,7 +117,7 @@ def check_pretrained_tag(model_name: str, pretrained) -> None:
             or open_clip_pretrained.is_pretrained_cfg(name, pretrained)):
         return
     config = factory._MODEL_CONFIGS.get(name) or {}
-    if not any(block in config for block in FAMILIES):
+    if not registry.blocks_in(config):
         return  # not ours: OpenCLIP's own error
     twin, why = stock_twin(name)
     tags = open_clip_pretrained.list_pretrained_tags_by_model(name)
@@ -105,14 +128,15 @@ def check_pretrained_tag(model_name: str, pretrained) -> None:
 
 
 def merge_elip_options(create_model):
-    """Wrap ``create_model``: ``elip_cfg={...}`` / ``evit_cfg={...}`` are merged over the named config's own
-    block, family configs know their stock twin's pretrained tags, and an unknown tag names the known ones."""
+    """Wrap ``create_model``: a family block given per call (``elip_cfg={...}``, ``tome_cfg={...}``, ...) is
+    merged over the named config's own block, family configs know their stock twin's pretrained tags, and an
+    unknown tag names the known ones."""
 
     @functools.wraps(create_model)
     def create_model_with_elip_options(model_name, *args, **kwargs):
         register_pretrained_tags()  # configs added since register() (open_clip.add_model_config) get theirs too
         check_pretrained_tag(model_name, args[0] if args else kwargs.get("pretrained"))
-        for block in FAMILIES:
+        for block in (family.config_block for family in registry.FAMILIES.values()):
             options = kwargs.get(block)
             if isinstance(options, dict):
                 schema, name = factory.parse_model_name(model_name)
@@ -140,8 +164,17 @@ def save_current_options(save_config_for_hf):
 
 
 def register() -> None:
-    """Make ``open_clip`` know the ELIP models (idempotent)."""
-    paths = [MODEL_CONFIG_DIR] + [Path(p) for p in os.environ.get(EXTRA_CONFIGS_ENV, "").split(os.pathsep) if p]
+    """Make ``open_clip`` know every registered family's models (idempotent). The modules named in
+    ``OPEN_CLIP_ELIP_FAMILIES`` are imported first: a user's family registers there (``register_family``) and is
+    then known in every process that imports ``open_clip``, the trainer's and clip_benchmark's included."""
+    for module in filter(None, (m.strip() for m in os.environ.get(FAMILY_MODULES_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ImportError(f"{FAMILY_MODULES_ENV} names the module {module!r}, which cannot be imported ({exc}); "
+                              "put it on PYTHONPATH (or install its package), or remove it from the variable") from exc
+    add_twin_configs()
+    paths = [Path(p) for p in os.environ.get(EXTRA_CONFIGS_ENV, "").split(os.pathsep) if p]
     for path in paths:
         if path not in factory._MODEL_CONFIG_PATHS:
             factory.add_model_config(path)

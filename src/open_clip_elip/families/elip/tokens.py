@@ -1,4 +1,5 @@
-"""ELIP's maths as pure functions: fuse, score, select, merge (docs/method.md, steps 1-6).
+"""ELIP's maths as pure functions: fuse, select, merge (docs/method.md, steps 1-6; the CLS attention score is
+``core.attention.cls_attention``).
 
 Tokens are batch-first, ``B x N x W``, CLS at index 0. Every function is vectorised over
 the batch and has static output shapes, so that ``torch.compile`` sees no host sync.
@@ -8,7 +9,8 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
+
+from ...core.reduce import select_tokens, take_tokens, weighted_token
 
 MERGE_EPS = 1e-6
 
@@ -41,30 +43,6 @@ def other_row(features: torch.Tensor) -> torch.Tensor:
     return features.roll(-1, dims=0)
 
 
-def cls_attention(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Step 3's score: the CLS query's attention probabilities over the patch keys of
-    ``block`` (an OpenCLIP ``ResidualAttentionBlock``), averaged over heads, as
-    ``nn.MultiheadAttention(need_weights=True)`` returns them with the CLS column dropped.
-    Only the CLS query is computed. Returns ``B x (N - 1)``."""
-    attn = block.attn
-    batch, num_tokens, width = x.shape
-    heads = attn.num_heads
-    h = block.ln_1(x)
-    weight, bias = attn.in_proj_weight, attn.in_proj_bias
-    q = F.linear(h[:, :1], weight[:width], None if bias is None else bias[:width])
-    k = F.linear(h, weight[width:2 * width], None if bias is None else bias[width:2 * width])
-    q = q.view(batch, 1, heads, -1).transpose(1, 2)
-    k = k.view(batch, num_tokens, heads, -1).transpose(1, 2)
-    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # B x H x 1 x N
-    probs = logits.float().softmax(dim=-1).mean(dim=1)  # B x 1 x N
-    return probs[:, 0, 1:]
-
-
-def select_tokens(scores: torch.Tensor, num_keep: int) -> torch.Tensor:
-    """Step 4: indices of the ``num_keep`` highest scores per row, in their original order."""
-    return scores.topk(num_keep, dim=1, sorted=False).indices.sort(dim=1).values
-
-
 def merge_weights(scores: torch.Tensor, keep_index: torch.Tensor) -> torch.Tensor:
     """Step 5's weights: scores of the pruned tokens renormalised (``+1e-6``), zero where kept."""
     pruned = scores.scatter(1, keep_index, 0.0)
@@ -87,10 +65,8 @@ def prune_and_merge(
     """
     patches = x[:, 1:]
     keep_index = select_tokens(scores, num_keep)
-    rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
-    kept = patches[rows, keep_index]  # unlike gather, saves only the indices for backward
     weights = merge_weights(scores, keep_index)
-    parts = [x[:, :1], kept]
+    parts = [x[:, :1], take_tokens(patches, keep_index)]
     if merge and num_keep < patches.shape[1]:
-        parts.append(weights.to(x.dtype).unsqueeze(1) @ patches)
+        parts.append(weighted_token(weights, patches))
     return torch.cat(parts, dim=1), keep_index, weights

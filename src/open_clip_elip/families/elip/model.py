@@ -1,11 +1,10 @@
 """ELIP models: OpenCLIP's ``VisionTransformer`` and ``CLIP`` with text-guided token pruning.
 
-Like ToMe's ``apply_patch``, ELIP swaps the classes of existing modules (``apply_elip``): no
+Like every family, ELIP swaps the classes of existing modules (``apply_elip``, ``core.towers.swap_class``): no
 parameter is added, copied or renamed, so state dicts stay those of the stock model.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -13,11 +12,12 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
-from open_clip.transformer import PatchDropout, ResidualAttentionBlock, VisionTransformer
-from torch.utils.checkpoint import checkpoint
+from open_clip.transformer import PatchDropout, VisionTransformer
 
+from ...core.attention import cls_attention
+from ...core.towers import FamilyCLIP, check_prunable, check_vision_transformer, pool_and_project, run_layer, swap_class
 from .config import ElipConfig
-from .tokens import cls_attention, fuse_cls, keep_counts, other_row, prune_and_merge
+from .tokens import fuse_cls, keep_counts, other_row, prune_and_merge
 
 
 @dataclass
@@ -126,7 +126,7 @@ class ElipVisionTransformer(VisionTransformer):
                     provenance = _track(provenance, keep_index, weights, x.shape[1] - 1)
                     trace.append(BlockTrace(b, keep_index, provenance))
             for layer in layers:
-                x = self._run_layer(layer, x)
+                x = run_layer(self, layer, x)
         return x
 
     def _score(self, x, layers, text_embed):
@@ -139,33 +139,6 @@ class ElipVisionTransformer(VisionTransformer):
             z = layer(z)
         return cls_attention(layers[-1], z)
 
-    def _run_layer(self, layer, x):
-        if self.transformer.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(layer, x, None, None, None, use_reentrant=False)
-        return layer(x)
-
-
-def check_prunable(visual: VisionTransformer, method: str) -> None:
-    """Token pruning needs OpenCLIP's default ViT blocks and CLS pooling: ValueError otherwise."""
-    blocks = visual.transformer.resblocks
-    if not all(type(b) is ResidualAttentionBlock for b in blocks) or not visual.transformer.batch_first:
-        raise ValueError(
-            f"{method} needs the default OpenCLIP vision blocks (ResidualAttentionBlock with "
-            f"nn.MultiheadAttention, batch first); this tower uses {type(blocks[0]).__name__}: "
-            "drop the custom block options (qk_norm, scale_*) from vision_cfg")
-    if visual.attn_pool is not None or visual.pool_type != "tok":
-        raise ValueError(
-            f"{method} pools the CLS token (pool_type 'tok', no attentional_pool); this tower uses "
-            f"pool_type={visual.pool_type!r}, attentional_pool={visual.attn_pool is not None}")
-
-
-def pool_and_project(visual: VisionTransformer, x: torch.Tensor):
-    """The stock tower's tail, as in ``VisionTransformer.forward``: pool, project, tokens if asked."""
-    pooled, tokens = visual._pool(x)
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
-    return (pooled, tokens) if visual.output_tokens else pooled
-
 
 def _track(provenance, keep_index, weights, num_out):
     """Provenance of the tokens after a pruning step (see ``BlockTrace``)."""
@@ -173,33 +146,6 @@ def _track(provenance, keep_index, weights, num_out):
     if num_out == kept.shape[1]:
         return kept
     return torch.cat([kept, weights.to(provenance.dtype).unsqueeze(1) @ provenance], dim=1)
-
-
-CREATED_FROM = "_open_clip_model_cfg"  # the config create_model built a model from (registration.build_clip sets it)
-
-
-class FamilyCLIP(CLIP):
-    """What the model classes of our families (``ElipCLIP``, ``EvitCLIP``) share: the config block that
-    selects them, their current options, and the model config that rebuilds them."""
-
-    config_block: str = ""
-
-    def options(self) -> dict:
-        """Every current option, as a JSON-ready ``config_block``."""
-        raise NotImplementedError
-
-    def model_config(self) -> dict:
-        """This model's OpenCLIP model config as it is now: the config ``create_model`` built it from,
-        its family block holding every current option. Save it with the weights
-        (``open_clip.push_to_hf_hub(model, tokenizer, model.model_config(), repo_id)``) and
-        ``create_model`` rebuilds this very model."""
-        created_from = getattr(self, CREATED_FROM, None)
-        if created_from is None:
-            raise ValueError(
-                f"{type(self).__name__}.model_config(): this model was not made by open_clip.create_model, so "
-                "its model config is unknown; create it with open_clip.create_model(name, ...), or save "
-                f"open_clip.get_model_config(name) with its '{self.config_block}' set to {self.options()}")
-        return {**copy.deepcopy(created_from), self.config_block: self.options()}
 
 
 class ElipCLIP(FamilyCLIP):
@@ -239,17 +185,8 @@ class ElipCLIP(FamilyCLIP):
 
 
 def _convert_visual(visual: torch.nn.Module, elip_cfg, **overrides) -> None:
-    if not isinstance(visual, VisionTransformer):
-        raise TypeError(
-            f"ELIP prunes OpenCLIP's own VisionTransformer; this model's image tower is "
-            f"{type(visual).__name__} (timm and ResNet towers are not supported)")
-    stock_class = visual.__class__
-    visual.__class__ = ElipVisionTransformer
-    try:
-        visual.init_elip(elip_cfg, **overrides)
-    except Exception:
-        visual.__class__ = stock_class  # a rejected config leaves the model as it was
-        raise
+    check_vision_transformer(visual, "ELIP")
+    swap_class(visual, ElipVisionTransformer, lambda: visual.init_elip(elip_cfg, **overrides))
 
 
 def apply_elip(model: CLIP, elip_cfg: "ElipConfig | dict | None" = None, **options) -> ElipCLIP:

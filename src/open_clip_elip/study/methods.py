@@ -1,0 +1,72 @@
+"""The study's methods as data: one row each. A row names its family and options (or none: the stock model),
+its extra trainer flags, the run it continues, how its training cost is counted and how it is evaluated;
+``plan`` turns rows into runs. Adding a method is adding a row."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Tuple
+
+# how a row's training FLOPs per image are counted (plan.COSTS)
+MODEL, SAMPLES, PATCH_DROPOUT, IMAGE_SIZE, CONTINUED = "model", "samples", "patch_dropout", "image_size", "continued"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the study.
+
+    family: a registered family (``core.registry``) whose model config (``<base>-<name>``: the family's defaults
+        for the base model, then ``options``) is trained; None: the stock base model.
+    flags: extra trainer flags; ``{drop_prob}``, ``{low_res_size}`` are filled from the plan's budgets.
+    samples: ``full`` (the preset's samples per epoch) or ``matched`` (ELIP's training FLOPs, whole batches).
+    continues: a method whose run (same seed) this one continues for its last epoch (``--resume``).
+    cost: how training FLOPs are counted: ``model`` (the model's cost model), ``samples`` (stock per sample),
+        ``patch_dropout`` / ``image_size`` (a stock tower at the tokens its flags leave), ``continued`` (the run
+        it continues, then this model for the last epoch).
+    eval_image_size: evaluated by a stock config at this image size (``<base>-<name>``), not the trained one.
+    leak: run the leak diagnostic on the checkpoint (an ELIP-family model: its own, or the continued run's).
+    """
+
+    name: str
+    description: str
+    family: Optional[str] = None
+    options: Mapping = field(default_factory=dict)
+    flags: Tuple[str, ...] = ()
+    samples: str = "full"
+    continues: Optional[str] = None
+    cost: str = MODEL
+    eval_image_size: Optional[str] = None
+    leak: bool = False
+
+
+METHODS: Tuple[Method, ...] = (
+    Method("stock", "the plain model, full schedule"),
+    Method("stock-matched", "the plain model, fewer samples: the training FLOPs of elip", samples="matched",
+           cost=SAMPLES),
+    Method("elip", "ELIP as in the paper (look-ahead scoring, lam 0.8, merge)", family="elip", leak=True),
+    Method("elip-first-layer", "ELIP scored by the first layer of each block (no look-ahead)", family="elip",
+           options={"scoring": "first_layer"}, leak=True),
+    Method("elip-prune-only", "ELIP without the merged token (the paper's ablation)", family="elip",
+           options={"merge": False}, leak=True),
+    Method("elip+tune", "elip's run, its last epoch continued unpruned under the stock name", continues="elip",
+           cost=CONTINUED, leak=True),
+    Method("evit", "EViT, keep rate 0.7 at the 4th/7th/10th of 12 layers scaled to depth (prunes at inference too)",
+           family="evit"),
+    Method("flip-budget", "patch dropout keeping ELIP's average tokens per layer",
+           flags=("--force-patch-dropout", "{drop_prob:.4f}"), cost=PATCH_DROPOUT),
+    Method("flip-50", "patch dropout 0.5 (OpenCLIP's recommended setting)", flags=("--force-patch-dropout", "0.5"),
+           cost=PATCH_DROPOUT),
+    Method("low-res", "training and evaluation at a lower image size, about ELIP's token budget",
+           flags=("--force-image-size", "{low_res_size}"), cost=IMAGE_SIZE, eval_image_size="{low_res_size}"),
+    Method("elip-vision-only", "ELIP scored by the image's own CLS only (lam 1)", family="elip",
+           options={"lam": 1.0}, leak=True),
+    Method("elip-random-caption", "ELIP guided by another row's caption of the batch (ablation)", family="elip",
+           options={"caption_pairing": "other_row"}, leak=True),
+    Method("elip-balanced", "ELIP with the text term rescaled to the CLS norm (ours, not the paper's)",
+           family="elip", options={"fusion": "norm_matched"}, leak=True),
+)
+BY_NAME = {method.name: method for method in METHODS}
+
+
+def descriptions() -> dict:
+    """``{name: what it is}``, in the report's words and order."""
+    return {method.name: method.description for method in METHODS}

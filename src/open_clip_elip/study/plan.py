@@ -1,0 +1,162 @@
+"""The plan: every (method, seed) run with its model, trainer flags, samples and training FLOPs per image.
+The budgets some methods are sized by (patch dropout and samples at ELIP's cost) come from the families' cost
+models (``core.registry``) on the study's own model."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Sequence
+
+import open_clip
+
+from ..bench import random_drop_prob
+from ..core import registry
+from ..core.costs import TowerCost, predict_plain, text_train_flops
+from . import methods as m
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The scale of a study: data, schedule, evaluation and seeds."""
+
+    samples_per_epoch: int
+    epochs: int
+    batch_size: int
+    train_images: int
+    shard_size: int
+    test_samples: int
+    probe_samples: int
+    leak_samples: int
+    seeds: int
+    width: int
+    log_every: int
+
+
+PRESETS = {
+    # the tests: the real trainer and clip_benchmark, a few steps
+    "tiny": Preset(samples_per_epoch=256, epochs=2, batch_size=64, train_images=512, shard_size=128,
+                   test_samples=200, probe_samples=200, leak_samples=128, seeds=1, width=32, log_every=1),
+    # about an hour on 2 cores: see docs/study/README.md for why this scale
+    "default": Preset(samples_per_epoch=1536, epochs=10, batch_size=128, train_images=20000, shard_size=250,
+                      test_samples=2500, probe_samples=2500, leak_samples=512, seeds=5, width=64, log_every=3),
+}
+BUDGET_FAMILY = "elip"  # the method whose cost the budgets match
+
+
+@dataclass
+class Run:
+    """One (method, seed) training run and what it needs."""
+
+    method: str
+    seed: int
+    model: str  # the trainer's --model
+    eval_model: str  # the name clip_benchmark builds
+    flags: List[str] = field(default_factory=list)  # extra trainer flags
+    samples_per_epoch: int = 0
+    train_flops: float = 0.0  # per image of the full schedule
+    after: Optional[str] = None  # a method whose run (same seed) this one continues
+    leak_model: Optional[str] = None  # the model the leak diagnostic builds, if it runs
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What some methods are sized by (their flags' ``{...}`` fields)."""
+
+    drop_prob: float  # patch dropout keeping ELIP's average tokens per layer
+    matched_samples: int  # samples per epoch at ELIP's training FLOPs, whole batches
+    matched_fraction: float
+    low_res_size: int
+
+
+class Planner:
+    """Runs of the study's models, with their training FLOPs per image (text tower included; each model built
+    once) and the budgets, computed at construction."""
+
+    def __init__(self, configs, preset: Preset):
+        self.configs, self.preset = configs, preset
+        self.text = text_train_flops(self.build(configs.base))
+        self.model = lru_cache(maxsize=None)(self._model)
+        self.budgets = self._budgets()
+
+    @staticmethod
+    def build(name: str):
+        logging.disable(logging.WARNING)  # "No pretrained weights loaded": none are wanted here
+        try:
+            return open_clip.create_model(name)
+        finally:
+            logging.disable(logging.NOTSET)
+
+    def _model(self, name: str) -> float:
+        """A training step of ``name``: its family's cost model, or a stock tower's."""
+        visual = self.build(name).visual
+        cost = TowerCost.of(visual)
+        blocks = registry.blocks_in(self.configs.configs[name])
+        if blocks:
+            return float(registry.by_block(blocks[0]).flops(visual, cost, True) + self.text)
+        return self.tokens(cost, cost.num_patches + 1, len(visual.transformer.resblocks))
+
+    def tokens(self, cost: TowerCost, tokens: int, depth: int) -> float:
+        return float(predict_plain(cost, (tokens,) * depth, True) + self.text)
+
+    def _budgets(self) -> Budgets:
+        """ELIP's cost on the study's model, as a patch-dropout rate and as a number of samples."""
+        configs, preset = self.configs, self.preset
+        reference = configs.trained(m.BY_NAME[BUDGET_FAMILY])
+        visual = self.build(reference).visual
+        depth = len(visual.transformer.resblocks)
+        tokens = registry.FAMILIES[BUDGET_FAMILY].layer_tokens(visual)
+        prob, _ = random_drop_prob(TowerCost.of(visual).num_patches, sum(tokens) / depth)
+        ratio = self.model(reference) / self.model(configs.base)
+        matched = round(preset.samples_per_epoch * ratio / preset.batch_size) * preset.batch_size
+        return Budgets(drop_prob=prob, matched_samples=max(preset.batch_size, matched),
+                       matched_fraction=matched / preset.samples_per_epoch, low_res_size=configs.low_res_size)
+
+    def run(self, method: m.Method, seed: int) -> Run:
+        configs, fields = self.configs, asdict(self.budgets)
+        leak_source = method if method.family else m.BY_NAME.get(method.continues or "")
+        run = Run(method.name, seed, configs.trained(method), configs.evaluated(method),
+                  flags=[flag.format(**fields) for flag in method.flags],
+                  samples_per_epoch=self.budgets.matched_samples if method.samples == "matched"
+                  else self.preset.samples_per_epoch,
+                  after=method.continues,
+                  leak_model=configs.trained(leak_source) if method.leak and leak_source else None)
+        run.train_flops = COSTS[method.cost](self, method, run)
+        return run
+
+
+def _flag(run: Run, name: str) -> str:
+    return run.flags[run.flags.index(name) + 1]
+
+
+def _patch_dropout(planner: Planner, method: m.Method, run: Run) -> float:
+    visual = planner.build(planner.configs.base).visual
+    cost = TowerCost.of(visual)
+    patches = max(1, int(cost.num_patches * (1 - float(_flag(run, "--force-patch-dropout")))))
+    return planner.tokens(cost, patches + 1, len(visual.transformer.resblocks))
+
+
+def _continued(planner: Planner, method: m.Method, run: Run) -> float:
+    tune = 1 / planner.preset.epochs
+    earlier = planner.run(m.BY_NAME[method.continues], run.seed)
+    return (1 - tune) * earlier.train_flops + tune * planner.model(run.model)
+
+
+COSTS: Dict[str, Callable[[Planner, m.Method, Run], float]] = {
+    m.MODEL: lambda planner, method, run: planner.model(run.model),
+    m.SAMPLES: lambda planner, method, run: (planner.model(run.model) * run.samples_per_epoch
+                                             / planner.preset.samples_per_epoch),
+    m.PATCH_DROPOUT: _patch_dropout,
+    m.IMAGE_SIZE: lambda planner, method, run: planner.model(run.eval_model),
+    m.CONTINUED: _continued,
+}
+
+
+def plan(methods: Sequence[m.Method], seeds: Sequence[int], configs, preset: Preset) -> tuple:
+    """Every (method, seed) run, seed by seed; and the budgets."""
+    planner = Planner(configs, preset)
+    return [planner.run(method, seed) for seed in seeds for method in methods], planner.budgets

@@ -1,0 +1,201 @@
+"""Runs the plan: each run trains with OpenCLIP's own trainer, is scored by clip_benchmark and, for
+ELIP-family checkpoints, by the leak diagnostic, each in its own process with its own log under
+``OUT/runs/<method>/seed<k>/``. A run with a ``result.json`` of status ``ok`` is never repeated; an unfinished
+or failed one is moved aside (``*.attempt-N``) and started again."""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+from ..demo import step_seconds
+from ..evaluate import clip_benchmark_eval
+from .data import StudyData
+from .plan import Preset, Run
+
+LOSS_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?Contrastive_loss: ([0-9.]+)")
+
+
+class Runner:
+    """Executes runs of one study: its folder, settings and data."""
+
+    def __init__(self, out: Path, args: argparse.Namespace, preset: Preset, data: StudyData):
+        self.out, self.args, self.preset, self.data = out, args, preset, data
+        self.lock = threading.Lock()
+
+    def folder(self, run: Run) -> Path:
+        return self.out / "runs" / run.method / f"seed{run.seed}"
+
+    def finished(self, run: Run) -> Optional[dict]:
+        path = self.folder(run) / "result.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+            if record.get("status") == "ok":
+                return record
+        return None
+
+    def execute(self, run: Run, before: Optional[dict]) -> dict:
+        """Train, evaluate and diagnose one run; its ``result.json`` record (status ok or failed)."""
+        folder = self.folder(run)
+        if folder.exists():  # an interrupted or failed attempt: kept aside, never deleted
+            attempt = 1
+            while folder.with_name(f"{folder.name}.attempt-{attempt}").exists():
+                attempt += 1
+            folder.rename(folder.with_name(f"{folder.name}.attempt-{attempt}"))
+        folder.mkdir(parents=True)
+        record = {"method": run.method, "seed": run.seed, "model": run.model, "eval_model": run.eval_model,
+                  "trainer_flags": " ".join(run.flags), "train_gflops_per_image": run.train_flops / 1e9}
+        started = time.time()
+        try:
+            if run.after and (before is None or before.get("status") != "ok"):
+                raise RuntimeError(f"{run.method} continues the {run.after} run of seed {run.seed}, which failed")
+            record.update(self.train(run, folder, before))
+            checkpoint = record.pop("checkpoint")
+            record.update(self.evaluate(run, folder, checkpoint))
+            if run.leak_model and self.data.heldout:
+                record.update(self.leak(run, folder, checkpoint))
+            record["status"] = "ok"
+        except Exception as exc:  # reported as failed in the table; the other runs go on
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        record["wall_seconds"] = round(time.time() - started, 1)
+        tmp = folder / "result.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.rename(folder / "result.json")
+        return record
+
+    def env(self) -> dict:
+        threads = str(self.args.threads)
+        return dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE",
+                    CUDA_VISIBLE_DEVICES="")
+
+    def trainer_command(self, run: Run, folder: Path, before: Optional[dict]) -> List[str]:
+        preset, epochs = self.preset, self.preset.epochs
+        steps = math.ceil(run.samples_per_epoch / preset.batch_size) * epochs
+        command = [
+            sys.executable, "-m", "open_clip_train.main", "--model", run.model,
+            "--train-data", self.data.train_data, "--train-num-samples", str(run.samples_per_epoch),
+            "--dataset-type", "webdataset", "--batch-size", str(preset.batch_size), "--epochs", str(epochs),
+            "--lr", str(self.args.lr), "--wd", "0.1", "--warmup", str(max(1, steps // 10)),
+            "--precision", "fp32", "--workers", "0", "--device", "cpu", "--seed", str(run.seed),
+            "--logs", str(folder / "train"), "--name", run.method, "--log-every-n-steps", str(preset.log_every),
+            "--save-frequency", str(max(1, epochs - 1)), *run.flags]
+        if run.after:  # continue the earlier run's second-to-last checkpoint: same schedule, last epoch
+            command += ["--resume", before["resume_from"]]
+        return command
+
+    def train(self, run: Run, folder: Path, before: Optional[dict]) -> dict:
+        command = self.trainer_command(run, folder, before)
+        (folder / "command.txt").write_text(" ".join(command) + "\n")
+        started = time.time()
+        with open(folder / "trainer.log", "w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=self.env()).returncode
+        seconds = time.time() - started
+        checkpoints = folder / "train" / run.method / "checkpoints"
+        final = checkpoints / f"epoch_{self.preset.epochs}.pt"
+        if code or not final.exists():
+            tail = (folder / "trainer.log").read_text()[-1500:]
+            raise RuntimeError(f"the trainer failed (exit status {code}); see {folder / 'trainer.log'}:\n{tail}")
+        out_log = folder / "train" / run.method / "out.log"
+        curve = loss_curve(out_log.read_text(), run.samples_per_epoch)
+        curve.to_csv(folder / "curve.csv", index=False)
+        record = {"checkpoint": str(final), "samples_seen": run.samples_per_epoch * self.preset.epochs,
+                  "seconds_per_step": step_seconds(out_log), "train_seconds": round(seconds, 1),
+                  "resume_from": str(checkpoints / f"epoch_{self.preset.epochs - 1}.pt")}
+        if run.after:  # the earlier run's epochs count too
+            tune = 1 / self.preset.epochs
+            record["train_seconds"] = round(before["train_seconds"] * (1 - tune) + seconds, 1)
+            record["seconds_per_step"] = before["seconds_per_step"] * (1 - tune) + record["seconds_per_step"] * tune
+            earlier = pd.read_csv(self.folder(Run(run.after, run.seed, "", "")) / "curve.csv")
+            curve = pd.concat([earlier[earlier.epoch < self.preset.epochs - 1], curve])
+            curve.to_csv(folder / "curve.csv", index=False)
+        return record
+
+    def evaluate(self, run: Run, folder: Path, checkpoint: str) -> dict:
+        tasks = {"zeroshot_classification": {"acc1": "zeroshot_top1", "acc5": "zeroshot_top5"}}
+        if self.args.probe:
+            tasks["linear_probe"] = {"lp_acc1": "linear_probe_top1"}
+        record = {}
+        for task, metrics in tasks.items():
+            path = clip_benchmark_eval(run.eval_model, checkpoint, self.data.eval_dataset, task, self.data.eval_root,
+                                       folder / "eval" / f"{task}.json", batch_size=256)
+            found = json.loads(path.read_text())["metrics"]
+            for metric, column in metrics.items():
+                key = metric if metric in found else metric.removeprefix("lp_")
+                record[column] = round(100 * found[key], 4)
+        return record
+
+    def leak(self, run: Run, folder: Path, checkpoint: str) -> dict:
+        command = [sys.executable, "-m", "open_clip_elip.leak", "--model", run.leak_model, "--pretrained", checkpoint,
+                   "--data", self.data.heldout, "--samples", str(self.preset.leak_samples),
+                   "--batch-size", str(self.preset.batch_size), "--seed", str(run.seed), "--out",
+                   str(folder / "leak.json")]
+        with open(folder / "leak.log", "w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=self.env()).returncode
+        if code:
+            raise RuntimeError(f"the leak diagnostic failed (exit status {code}); see {folder / 'leak.log'}")
+        return {f"leak_{key}" if not key.startswith("leak_") else key: value
+                for key, value in json.loads((folder / "leak.json").read_text()).items()}
+
+    def run_all(self, runs: List[Run]) -> List[dict]:
+        """Every run, ``--jobs`` at a time; finished ones are found and not repeated."""
+        total, done, durations = len(runs), [0], []
+        started = time.time()
+        records: Dict[str, concurrent.futures.Future] = {}
+
+        position = {run.key: i + 1 for i, run in enumerate(runs)}
+
+        def report(run: Run, record: dict, found: bool) -> None:
+            with self.lock:
+                done[0] += 1
+                if not found:
+                    durations.append(record["wall_seconds"])
+                left = total - done[0]
+                estimate = statistics.mean(durations) * left / self.args.jobs if durations and left else 0
+                if found:
+                    what = "found (not repeated)"
+                elif record["status"] == "ok":
+                    what = (f"finished in {record['wall_seconds']:.0f} s: zero-shot top-1 "
+                            f"{record.get('zeroshot_top1', float('nan')):.2f}")
+                else:
+                    what = f"FAILED after {record['wall_seconds']:.0f} s: {record['error'].splitlines()[0][:200]}"
+                print(f"[run {position[run.key]} of {total}] {run.key} {what}; {done[0]} of {total} done, "
+                      f"about {estimate / 60:.0f} min left ({time.time() - started:.0f} s so far)", flush=True)
+
+        def task(run: Run) -> dict:
+            before = records[f"{run.after}/seed{run.seed}"].result() if run.after else None
+            record = self.finished(run)
+            if record is not None:
+                report(run, record, found=True)
+                return record
+            with self.lock:
+                print(f"[run {position[run.key]} of {total}] {run.key} started: {run.model} "
+                      f"{' '.join(run.flags)}".rstrip(), flush=True)
+            record = self.execute(run, before)
+            report(run, record, found=False)
+            return record
+
+        with concurrent.futures.ThreadPoolExecutor(self.args.jobs) as pool:
+            for run in runs:  # a run that continues another is queued after it
+                records[run.key] = pool.submit(task, run)
+            return [records[run.key].result() for run in runs]
+
+
+def loss_curve(log_text: str, samples_per_epoch: int) -> pd.DataFrame:
+    """The trainer's logged contrastive loss against samples seen (``epoch``, ``samples``, ``loss``)."""
+    rows = [(int(epoch), int(epoch) * samples_per_epoch + int(seen), float(loss))
+            for epoch, seen, _, loss in LOSS_LINE.findall(log_text)]
+    if not rows:
+        raise ValueError("no 'Train Epoch ... Contrastive_loss' lines in the trainer's log")
+    return pd.DataFrame(rows, columns=["epoch", "samples", "loss"])

@@ -1,0 +1,124 @@
+"""Every registered family (core.registry), parametrised: a new family gets these tests by registering. Its
+behaviour without a caption and at inference as it declares it, strict state-dict loading both ways with the
+stock twin, saving and rebuilding through ``local-dir:``, and two steps of OpenCLIP's own trainer. A family
+defined outside the package (``external_family.py``, registered through the public call) is among them."""
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import external_family  # noqa: F401  (registers the 'stride' family, as a user's package would)
+import open_clip
+import pytest
+import torch
+from conftest import tiny_config
+from open_clip.push_to_hf_hub import save_for_hf
+
+from open_clip_elip import FAMILIES
+from open_clip_elip.core.registration import EXTRA_CONFIGS_ENV, FAMILY_MODULES_ENV
+from open_clip_elip.core.registry import REDUCES, STOCK, twin_config
+
+BASE = "ViT-Fam-6"  # 6 layers: every family's defaults (ELIP's layout 1/1/3/1) fit it
+NO_TOKENIZER = types.SimpleNamespace(save_pretrained=lambda directory: None)
+FAMILY_NAMES = list(FAMILIES)
+
+
+def test_the_external_family_is_registered_beside_the_built_in_ones():
+    assert {"elip", "evit", "stride"} <= set(FAMILY_NAMES)
+    assert FAMILY_NAMES.index("stride") > FAMILY_NAMES.index("evit")
+
+
+@pytest.fixture(scope="module")
+def family_configs(tiny_configs, tmp_path_factory):
+    """``ViT-Fam-6`` and its ``-<family>`` twins, made from the registry (``twin_config``) for every family."""
+    stock = tiny_config(elip=False)
+    stock["vision_cfg"]["layers"] = 6
+    folder = tmp_path_factory.mktemp("family_configs")
+    configs = {BASE: stock, **{f"{BASE}-{name}": twin_config(family, stock) for name, family in FAMILIES.items()}}
+    for name, config in configs.items():
+        (folder / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+    return folder
+
+
+def models(name: str):
+    """The family twin and the stock model, with the same weights."""
+    torch.manual_seed(0)
+    stock = open_clip.create_model(BASE)
+    family = open_clip.create_model(f"{BASE}-{name}")
+    family.load_state_dict(stock.state_dict())
+    return family, stock
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_behaviour_without_a_caption_and_at_inference_is_as_declared(family_configs, name):
+    family, stock = models(name)
+    declared = FAMILIES[name]
+    assert type(family) is declared.model_class and family.options() == family.model_config()[
+        declared.config_block]
+    images = torch.randn(3, 3, 32, 32)
+    for mode, behaviour in (("train", declared.without_caption), ("eval", declared.at_inference)):
+        family.train(mode == "train"), stock.train(mode == "train")
+        with torch.no_grad():
+            ours, theirs = family.encode_image(images), stock.encode_image(images)
+        if behaviour == STOCK:
+            assert torch.equal(ours, theirs), mode
+        else:
+            assert behaviour == REDUCES and not torch.allclose(ours, theirs), mode
+    tokens = declared.layer_tokens(family.visual)
+    assert len(tokens) == 6 and tokens[0] == 65
+    assert (min(tokens) < 65) == (declared.without_caption == REDUCES or declared.takes_caption)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_state_dicts_load_strictly_both_ways_with_the_stock_twin(family_configs, name):
+    family, stock = models(name)
+    assert family.state_dict().keys() == stock.state_dict().keys()
+    fresh_stock = open_clip.create_model(BASE)
+    fresh_stock.load_state_dict(family.state_dict(), strict=True)
+    fresh_family = open_clip.create_model(f"{BASE}-{name}")
+    fresh_family.load_state_dict(stock.state_dict(), strict=True)
+    for key, value in fresh_family.state_dict().items():
+        assert torch.equal(value, stock.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_save_and_rebuild_through_local_dir(family_configs, name, tmp_path):
+    family, _ = models(name)
+    family.eval()
+    save_for_hf(family, NO_TOKENIZER, family.model_config(), tmp_path / "saved")
+    loaded = open_clip.create_model(f"local-dir:{tmp_path / 'saved'}")
+    loaded.eval()
+    assert type(loaded) is type(family) and loaded.options() == family.options()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), family.encode_image(images))
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_two_trainer_steps(family_configs, tiny_shard, tmp_path, name):
+    """OpenCLIP's own trainer, unmodified, in a fresh process: the external family comes in through
+    ``OPEN_CLIP_ELIP_FAMILIES``, the configs through ``OPEN_CLIP_ELIP_CONFIGS``."""
+    env = {**os.environ, EXTRA_CONFIGS_ENV: str(family_configs), FAMILY_MODULES_ENV: "external_family",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "open_clip_train.main", "--model", f"{BASE}-{name}", "--train-data",
+               str(tiny_shard), "--train-num-samples", "32", "--dataset-type", "webdataset", "--batch-size", "16",
+               "--epochs", "1", "--workers", "0", "--device", "cpu", "--logs", str(tmp_path), "--name", "run",
+               "--lr", "1e-3", "--warmup", "1", "--seed", "0", "--log-every-n-steps", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    log = (tmp_path / "run" / "out.log").read_text()
+    assert "[32/32 (100%)]" in log and "Loss:" in log  # two steps of 16 samples
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=False)
+    model = open_clip.create_model(f"{BASE}-{name}", pretrained=str(tmp_path / "run" / "checkpoints" / "epoch_1.pt"))
+    assert type(model) is FAMILIES[name].model_class and saved["epoch"] == 1
+
+
+def test_a_family_module_that_cannot_be_imported_is_named(tmp_path):
+    code = "import open_clip_elip"
+    env = {**os.environ, FAMILY_MODULES_ENV: "no_such_family_module"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert "OPEN_CLIP_ELIP_FAMILIES names the module 'no_such_family_module'" in result.stderr
