@@ -63,6 +63,8 @@ METHODS: Tuple[Method, ...] = (
            options={"caption_pairing": "other_row"}, leak=True),
     Method("elip-balanced", "ELIP with the text term rescaled to the CLS norm (ours, not the paper's)",
            family="elip", options={"fusion": "norm_matched"}, leak=True),
+    Method("tome", "ToMe, r tokens merged per layer, r closest to ELIP's token-layer budget (merges at inference too)",
+           family="tome"),
 )
 BY_NAME = {method.name: method for method in METHODS}
 
