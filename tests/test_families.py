@@ -1,6 +1,7 @@
 """Every registered family (core.registry), parametrised: a new family gets these tests by registering. Its
 behaviour without a caption and at inference as it declares it, strict state-dict loading both ways with the
-stock twin, saving and rebuilding through ``local-dir:``, and two steps of OpenCLIP's own trainer. A family
+stock twin, activation checkpointing, saving and rebuilding through ``local-dir:``, and two steps of OpenCLIP's
+own trainer. A family
 defined outside the package (``external_family.py``, registered through the public call) is among them."""
 import json
 import os
@@ -82,6 +83,28 @@ def test_state_dicts_load_strictly_both_ways_with_the_stock_twin(family_configs,
     fresh_family.load_state_dict(stock.state_dict(), strict=True)
     for key, value in fresh_family.state_dict().items():
         assert torch.equal(value, stock.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_grad_checkpointing_gives_the_same_loss_and_grads(family_configs, name):
+    model, _ = models(name)
+    model.train()
+    images, text = torch.randn(3, 3, 32, 32), open_clip.tokenize(["a one", "a two", "a three"], context_length=16)
+    transformer = model.visual.transformer
+    calls = []  # the last layer's MLP runs once per forward, and again in backward when checkpointed
+    transformer.resblocks[-1].ln_2.register_forward_pre_hook(lambda *args: calls.append(transformer.grad_checkpointing))
+    results = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad(set_to_none=True)
+        loss = open_clip.ClipLoss()(*model(images, text))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss, grads), (ckpt_loss, ckpt_grads) = results
+    assert calls == [False, True, True]
+    torch.testing.assert_close(ckpt_loss, loss)
+    for key, grad in grads.items():
+        torch.testing.assert_close(ckpt_grads[key], grad, rtol=1e-4, atol=1e-6, msg=key)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
