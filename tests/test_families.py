@@ -139,6 +139,21 @@ def test_two_trainer_steps(family_configs, tiny_shard, tmp_path, name):
     assert type(model) is FAMILIES[name].model_class and saved["epoch"] == 1
 
 
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_clip_benchmark_and_the_study_take_every_family(family_configs, name, tmp_path):
+    from clip_benchmark.models import load_clip
+
+    from open_clip_elip.study.methods import catalogue
+
+    family, _ = models(name)
+    torch.save({"state_dict": family.state_dict()}, tmp_path / "ckpt.pt")
+    loaded, transform, tokenizer = load_clip("open_clip", f"{BASE}-{name}", str(tmp_path / "ckpt.pt"), None, "cpu")
+    assert type(loaded) is FAMILIES[name].model_class
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, family.state_dict()[key]), key
+    assert any(method.family == name for method in catalogue().values())  # a study method, with or without a row
+
+
 def test_a_family_module_that_cannot_be_imported_is_named(tmp_path):
     code = "import open_clip_elip"
     env = {**os.environ, FAMILY_MODULES_ENV: "no_such_family_module"}

@@ -21,11 +21,12 @@ from open_clip_elip.study import cli as study
 from open_clip_elip.study import report as study_report
 from open_clip_elip.study.configs import build_configs
 from open_clip_elip.study.data import prepare_data
-from open_clip_elip.study.methods import BY_NAME, METHODS
+from open_clip_elip.study.methods import catalogue
 from open_clip_elip.study.plan import PRESETS, plan
 from open_clip_elip.study.runner import Runner, loss_curve
 
 TINY = ["--preset", "tiny", "--fashion-mnist", str(fashion_mnist.DEBIAN_DIR)]
+METHODS = list(catalogue().values())  # the table, and a row for each family registered without one
 NAMES = [m.name for m in METHODS]
 
 
@@ -41,8 +42,8 @@ class Planned:
         import open_clip
 
         open_clip.add_model_config(out / "configs")
-        self.runs, self.budgets = plan([BY_NAME[n] for n in self.args.methods], self.args.seeds or [0], self.configs,
-                                       self.preset)
+        methods = [catalogue()[n] for n in self.args.methods]
+        self.runs, self.budgets = plan(methods, self.args.seeds or [0], self.configs, self.preset)
         self.runner = Runner(out, self.args, self.preset, self.data)
 
 
@@ -59,8 +60,11 @@ def test_every_method_is_planned_seed_by_seed(planned):
 
 
 def test_the_study_package_runs_as_a_module():
+    env = {**os.environ, "COLUMNS": "1000",  # no line breaks inside method names
+           "OPEN_CLIP_ELIP_FAMILIES": "external_family",  # registered here too (test_families imports it)
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-m", "open_clip_elip.study", "--help"], capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": "1000"})  # no line breaks inside method names
+                            env=env)
     assert result.returncode == 0 and "--methods" in result.stdout
     for name in NAMES:
         assert name in result.stdout

@@ -15,7 +15,7 @@ from ..core.registration import EXTRA_CONFIGS_ENV
 from . import __doc__ as STUDY_DOC
 from .configs import build_configs
 from .data import prepare_data
-from .methods import BY_NAME, METHODS, descriptions
+from .methods import catalogue, descriptions
 from .plan import PRESETS, plan
 from .report import write_report
 from .runner import Runner
@@ -26,8 +26,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
                         help="scale: 'default' (about an hour on 2 cores) or 'tiny' (the tests)")
     parser.add_argument("--out", default="runs/study", help="data, runs and report go here (default: runs/study)")
-    parser.add_argument("--methods", default=",".join(BY_NAME),
-                        help=f"comma-separated, from: {', '.join(BY_NAME)} (default: all)")
+    methods = catalogue()
+    parser.add_argument("--methods", default=",".join(methods),
+                        help=f"comma-separated, from: {', '.join(methods)} (default: all)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: 0..N-1 with N from the preset)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: reproducible)")
@@ -50,11 +51,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.command_line = shlex.join(sys.argv[1:] if argv is None else argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in BY_NAME]
+    unknown = [m for m in args.methods if m not in methods]
     if unknown or not args.methods:
-        parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(BY_NAME)}")
+        parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(methods)}")
     for name in list(args.methods):  # a run that continues another needs that one first
-        earlier = BY_NAME[name].continues
+        earlier = methods[name].continues
         if earlier and earlier not in args.methods:
             args.methods.insert(args.methods.index(name), earlier)
     preset = PRESETS[args.preset]
@@ -82,11 +83,12 @@ def run_study(args: argparse.Namespace) -> Path:
     """Prepare, run what is not done yet, and write the report; returns the output folder."""
     out, preset = Path(args.out), PRESETS[args.preset]
     data = prepare_data(args, preset, out)
-    configs = build_configs(args, preset, METHODS, out)
+    methods = catalogue()
+    configs = build_configs(args, preset, list(methods.values()), out)
     os.environ[EXTRA_CONFIGS_ENV] = os.pathsep.join(  # for the trainer and clip_benchmark subprocesses
         filter(None, [str(out / "configs"), os.environ.get(EXTRA_CONFIGS_ENV)]))
     open_clip.add_model_config(out / "configs")
-    runs, budgets = plan([BY_NAME[name] for name in args.methods], args.seeds, configs, preset)
+    runs, budgets = plan([methods[name] for name in args.methods], args.seeds, configs, preset)
     print(f"study in {out}: {len(args.methods)} methods x {len(args.seeds)} seeds = {len(runs)} runs, "
           f"{args.jobs} at a time, {args.threads} thread(s) each\n"
           f"training: {data.train_data}, {preset.epochs} epochs x {preset.samples_per_epoch} samples, batch "

@@ -1,10 +1,13 @@
 """The study's methods as data: one row each. A row names its family and options (or none: the stock model),
 its extra trainer flags, the run it continues, how its training cost is counted and how it is evaluated;
-``plan`` turns rows into runs. Adding a method is adding a row."""
+``plan`` turns rows into runs. Adding a method is adding a row; a registered family without a row gets one with
+its defaults (``catalogue``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
+
+from ..core.registry import FAMILIES
 
 # how a row's training FLOPs per image are counted (plan.COSTS)
 MODEL, SAMPLES, PATCH_DROPOUT, IMAGE_SIZE, CONTINUED = "model", "samples", "patch_dropout", "image_size", "continued"
@@ -66,9 +69,17 @@ METHODS: Tuple[Method, ...] = (
     Method("tome", "ToMe, r tokens merged per layer, r closest to ELIP's token-layer budget (merges at inference too)",
            family="tome"),
 )
-BY_NAME = {method.name: method for method in METHODS}
+
+
+def catalogue() -> Dict[str, Method]:
+    """Every method by name: the table, then a row with its defaults for each registered family the table does
+    not name (a user's family is a study method once it registers)."""
+    named = {method.family for method in METHODS if method.family}
+    extra = [Method(f.name, f.description or f"the {f.name} family, its defaults", family=f.name)
+             for f in FAMILIES.values() if f.name not in named]
+    return {method.name: method for method in (*METHODS, *extra)}
 
 
 def descriptions() -> dict:
     """``{name: what it is}``, in the report's words and order."""
-    return {method.name: method.description for method in METHODS}
+    return {name: method.description for name, method in catalogue().items()}

@@ -106,7 +106,7 @@ class Planner:
     def _budgets(self) -> Budgets:
         """ELIP's cost on the study's model, as a patch-dropout rate and as a number of samples."""
         configs, preset = self.configs, self.preset
-        reference = configs.trained(m.BY_NAME[BUDGET_FAMILY])
+        reference = configs.trained(m.catalogue()[BUDGET_FAMILY])
         visual = self.build(reference).visual
         depth = len(visual.transformer.resblocks)
         tokens = registry.FAMILIES[BUDGET_FAMILY].layer_tokens(visual)
@@ -118,7 +118,7 @@ class Planner:
 
     def run(self, method: m.Method, seed: int) -> Run:
         configs, fields = self.configs, asdict(self.budgets)
-        leak_source = method if method.family else m.BY_NAME.get(method.continues or "")
+        leak_source = method if method.family else m.catalogue().get(method.continues or "")
         run = Run(method.name, seed, configs.trained(method), configs.evaluated(method),
                   flags=[flag.format(**fields) for flag in method.flags],
                   samples_per_epoch=self.budgets.matched_samples if method.samples == "matched"
@@ -142,7 +142,7 @@ def _patch_dropout(planner: Planner, method: m.Method, run: Run) -> float:
 
 def _continued(planner: Planner, method: m.Method, run: Run) -> float:
     tune = 1 / planner.preset.epochs
-    earlier = planner.run(m.BY_NAME[method.continues], run.seed)
+    earlier = planner.run(m.catalogue()[method.continues], run.seed)
     return (1 - tune) * earlier.train_flops + tune * planner.model(run.model)
 
 
