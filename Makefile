@@ -25,8 +25,10 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 patch-deps: $(STAMP)
 	$(PY) patches/apply.py
 
+# two test processes, one thread each: most tests wait on subprocesses (the trainer, clip_benchmark), and tiny
+# models gain nothing from a second thread
 test: install
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
 
 lint: install
 	$(PY) -m ruff check src tests recipes patches
