@@ -91,6 +91,9 @@ def test_trainer_commands_parse_and_carry_each_method(planned, tmp_path):
     assert parsed["flip-50"].force_patch_dropout == 0.5
     assert parsed["low-res"].force_image_size == [28] and by_method["low-res"].eval_model == f"{base}-low-res"
     assert parsed["elip+tune"].model == base and parsed["elip+tune"].resume == before["resume_from"]
+    tune = parsed["flip-budget+tune"]  # FLIP's unmasked tune: flip-budget's checkpoint, no patch dropout
+    assert tune.model == base and tune.resume == before["resume_from"] and tune.force_patch_dropout is None
+    assert by_method["flip-budget+tune"].after == "flip-budget" and parsed["flip-budget"].force_patch_dropout > 0
     assert parsed["stock-matched"].train_num_samples < parsed["stock"].train_num_samples
 
 
@@ -110,6 +113,9 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     assert by_method["elip"].train_flops == elip_flops < stock_flops
     assert by_method["elip-first-layer"].train_flops < elip_flops  # no look-ahead pass
     assert by_method["elip+tune"].train_flops == pytest.approx(0.5 * elip_flops + 0.5 * stock_flops)  # 2 epochs
+    flip = by_method["flip-budget"].train_flops
+    assert flip < stock_flops
+    assert by_method["flip-budget+tune"].train_flops == pytest.approx(0.5 * flip + 0.5 * stock_flops)
     tokens = sum(n * k for n, k in zip(elip.tokens_per_block(), elip.elip_cfg.layout)) / 6
     prob, _ = random_drop_prob(cost.num_patches, tokens)
     assert by_method["flip-budget"].flags == ["--force-patch-dropout", f"{prob:.4f}"]

@@ -58,6 +58,8 @@ METHODS: Tuple[Method, ...] = (
            flags=("--force-patch-dropout", "{drop_prob:.4f}"), cost=PATCH_DROPOUT),
     Method("flip-50", "patch dropout 0.5 (OpenCLIP's recommended setting)", flags=("--force-patch-dropout", "0.5"),
            cost=PATCH_DROPOUT),
+    Method("flip-budget+tune", "flip-budget's run, its last epoch continued unmasked (FLIP's protocol)",
+           continues="flip-budget", cost=CONTINUED),
     Method("low-res", "training and evaluation at a lower image size, about ELIP's token budget",
            flags=("--force-image-size", "{low_res_size}"), cost=IMAGE_SIZE, eval_image_size="{low_res_size}"),
     Method("elip-vision-only", "ELIP scored by the image's own CLS only (lam 1)", family="elip",
