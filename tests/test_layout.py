@@ -14,7 +14,7 @@ TOOLS = ("demo", "study", "bench", "shards", "visualize", "leak", "results", "sc
 def our_imports(path: Path) -> set:
     """The ``open_clip_elip`` modules a file imports, as dotted names below the package."""
     parts = path.relative_to(PACKAGE).with_suffix("").parts
-    package = list(parts[:-1]) if parts[-1] != "__init__" else list(parts[:-1])
+    package = list(parts[:-1])  # what a level-1 relative import names, for a module and for an __init__ alike
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):

@@ -158,19 +158,20 @@ def build_methods(model_name: str, image_size: Optional[int], device: torch.devi
 
     named = open_clip.get_model_config(model_name) or {}
 
+    def guided(visual):
+        return lambda images, text: visual(images, text_features=text)
+
+    def unguided(visual):
+        return lambda images, text: visual(images)
+
     def row(family: Family, name: str, options: dict, mode: str) -> Method:
         """The family's block in the named config if it has one, else the family's defaults; then ``options``."""
         base = named.get(family.config_block) or family.default_options(stock_config)
         model = family.apply(copy.deepcopy(stock_model), **{**base, **options})
         visual = model.visual
-        guided = family.takes_caption and mode == TRAIN
-        forward = (lambda images, text: visual(images, text_features=text)) if guided else (
-            lambda images, text: visual(images))
+        forward = guided(visual) if family.takes_caption and mode == TRAIN else unguided(visual)
         return Method(name, mode, visual, forward, family.layer_tokens(visual),
                       family.flops(visual, cost, mode == TRAIN))
-
-    def unguided(visual):
-        return lambda images, text: visual(images)
 
     train_rows, inference_rows = [], []
     for family in registry.FAMILIES.values():

@@ -39,8 +39,15 @@ class TowerCost:
     def mlp(self, n: int) -> int:
         return 4 * n * self.width * self.mlp_width
 
-    def layer(self, n: int) -> int:
-        return self.projections(n) + self.core(n) + self.mlp(n)
+    def layer(self, n_attention: int, n_mlp: Optional[int] = None) -> int:
+        """A forward pass of one layer: attention on ``n_attention`` tokens, its MLP on ``n_mlp`` (the same
+        by default; fewer where a family reduces tokens between the two)."""
+        n_mlp = n_attention if n_mlp is None else n_mlp
+        return self.projections(n_attention) + self.core(n_attention) + self.mlp(n_mlp)
+
+    def step(self, n_attention: int, n_mlp: Optional[int] = None, train: bool = True) -> int:
+        """``layer_train`` or ``layer``."""
+        return self.layer_train(n_attention, n_mlp) if train else self.layer(n_attention, n_mlp)
 
     def layer_train(self, n_attention: int, n_mlp: Optional[int] = None) -> int:
         n_mlp = n_attention if n_mlp is None else n_mlp
@@ -60,6 +67,10 @@ class TowerCost:
     def head(self) -> int:
         return 2 * self.width * self.embed_dim
 
+    def ends(self, train: bool) -> int:
+        """The patch embedding and the projection head (with their backward in training)."""
+        return (2 if train else 1) * self.embed() + (3 if train else 1) * self.head()
+
 
 def text_train_flops(model) -> int:
     """Training FLOPs per caption of an OpenCLIP text tower, with ``TowerCost``'s per-layer formulas."""
@@ -71,6 +82,4 @@ def text_train_flops(model) -> int:
 
 def predict_plain(cost: TowerCost, layer_tokens: Sequence[int], train: bool) -> int:
     """FLOPs per image of an unpruned tower whose layers see ``layer_tokens`` tokens."""
-    if train:
-        return 2 * cost.embed() + 3 * cost.head() + sum(cost.layer_train(n) for n in layer_tokens)
-    return cost.embed() + cost.head() + sum(cost.layer(n) for n in layer_tokens)
+    return cost.ends(train) + sum(cost.step(n, train=train) for n in layer_tokens)

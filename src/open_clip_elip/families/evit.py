@@ -112,11 +112,17 @@ def apply_evit(model: CLIP, keep_rate: float = EVIT_KEEP_RATE, prune_layers: Opt
     if type(model) not in (CLIP, EvitCLIP):
         raise TypeError(f"apply_evit takes an open_clip CLIP model (as create_model('ViT-B-16') returns), "
                         f"got {type(model).__name__}")
-    visual = model.visual
-    check_vision_transformer(visual, "EViT")
-    swap_class(visual, EvitVisionTransformer, lambda: visual.init_evit(keep_rate, prune_layers, fuse))
+    _convert_visual(model.visual, {"keep_rate": keep_rate, "prune_layers": prune_layers, "fuse": fuse})
     model.__class__ = EvitCLIP
     return model
+
+
+def _convert_visual(visual, options: dict) -> None:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"evit_cfg: unknown option(s) {unknown}; accepted options are {list(OPTIONS)}")
+    check_vision_transformer(visual, "EViT")
+    swap_class(visual, EvitVisionTransformer, lambda: visual.init_evit(**options))
 
 
 class EvitCLIP(FamilyCLIP):
@@ -127,13 +133,7 @@ class EvitCLIP(FamilyCLIP):
 
     def __init__(self, *args, evit_cfg: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        options = dict(evit_cfg or {})
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"evit_cfg: unknown option(s) {unknown}; accepted options are {list(OPTIONS)}")
-        visual = self.visual
-        check_vision_transformer(visual, "EViT")
-        swap_class(visual, EvitVisionTransformer, lambda: visual.init_evit(**options))
+        _convert_visual(self.visual, dict(evit_cfg or {}))
 
     def options(self) -> dict:
         """Every option of the EViT tower as a JSON-ready ``evit_cfg`` block."""
@@ -144,11 +144,10 @@ class EvitCLIP(FamilyCLIP):
 
 def predict_evit(visual: EvitVisionTransformer, cost: TowerCost, train: bool = True) -> int:
     """FLOPs per image of an EViT training step (its scores and fused token carry gradient) or forward."""
-    flops = (2 if train else 1) * cost.embed() + (3 if train else 1) * cost.head()
+    flops = cost.ends(train)
     factor = 3 if train else 1
     for i, (n_attention, n_mlp) in enumerate(visual.tokens_per_layer()):
-        flops += cost.layer_train(n_attention, n_mlp) if train else (
-            cost.projections(n_attention) + cost.core(n_attention) + cost.mlp(n_mlp))
+        flops += cost.step(n_attention, n_mlp, train)
         if i in visual.evit_prune_layers:
             flops += factor * cost.mix(n_attention)  # CLS row of scores, from the layer's own q and k
             if visual.evit_fuse and n_mlp < n_attention:

@@ -228,10 +228,9 @@ def predict_tome(visual: TomeVisionTransformer, cost: TowerCost, train: bool = T
     left after merging, and the matching's similarity scores (``|A| x |B|`` dot products of head-width keys,
     no gradient); the averages and sums of merging are not matrix products."""
     head_width = cost.width // visual.transformer.resblocks[0].attn.num_heads
-    flops = (2 if train else 1) * cost.embed() + (3 if train else 1) * cost.head()
+    flops = cost.ends(train)
     for n_attention, n_mlp in visual.tokens_per_layer():
-        flops += cost.layer_train(n_attention, n_mlp) if train else (
-            cost.projections(n_attention) + cost.core(n_attention) + cost.mlp(n_mlp))
+        flops += cost.step(n_attention, n_mlp, train)
         if n_mlp < n_attention:
             flops += 2 * ((n_attention + 1) // 2) * (n_attention // 2) * head_width
     return flops

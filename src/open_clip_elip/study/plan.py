@@ -79,7 +79,9 @@ class Planner:
 
     def __init__(self, configs, preset: Preset):
         self.configs, self.preset = configs, preset
-        self.text = text_train_flops(self.build(configs.base))
+        stock = self.build(configs.base)
+        self.text = text_train_flops(stock)
+        self.stock_cost, self.depth = TowerCost.of(stock.visual), len(stock.visual.transformer.resblocks)
         self.model = lru_cache(maxsize=None)(self._model)
         self.budgets = self._budgets()
 
@@ -134,10 +136,9 @@ def _flag(run: Run, name: str) -> str:
 
 
 def _patch_dropout(planner: Planner, method: m.Method, run: Run) -> float:
-    visual = planner.build(planner.configs.base).visual
-    cost = TowerCost.of(visual)
+    cost = planner.stock_cost
     patches = max(1, int(cost.num_patches * (1 - float(_flag(run, "--force-patch-dropout")))))
-    return planner.tokens(cost, patches + 1, len(visual.transformer.resblocks))
+    return planner.tokens(cost, patches + 1, planner.depth)
 
 
 def _continued(planner: Planner, method: m.Method, run: Run) -> float:

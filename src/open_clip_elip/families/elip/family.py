@@ -31,10 +31,10 @@ def predict_elip(visual: ElipVisionTransformer, cost: TowerCost, train: bool, gu
     """FLOPs per image of an ELIP tower: pruned layers, look-ahead (forward only), scoring, merging."""
     cfg = visual.elip_cfg
     counts = visual.tokens_per_block()
-    flops = (2 if train else 1) * cost.embed() + (3 if train else 1) * cost.head()
+    flops = cost.ends(train)
     flops += cost.head() if guided else 0  # text into vision space, no gradient
     for b, (n, layers) in enumerate(zip(counts, cfg.layout)):
-        flops += layers * (cost.layer_train(n) if train else cost.layer(n))
+        flops += layers * (cost.step(n, train=train))
         if b == 0:
             continue
         previous = counts[b - 1]
