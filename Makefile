@@ -39,7 +39,7 @@ demo: install
 bench: install
 	$(PY) -m open_clip_elip.bench
 
-# the study: every method, several seeds, about an hour on 2 cores; report in runs/study
+# the study: its cells (regime x schedule), several seeds each, about 5 hours on 2 cores; report in runs/study
 study: install
 	$(PY) -m open_clip_elip.study
 

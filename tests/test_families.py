@@ -3,6 +3,7 @@ behaviour without a caption and at inference as it declares it, strict state-dic
 stock twin, activation checkpointing, saving and rebuilding through ``local-dir:``, and two steps of OpenCLIP's
 own trainer. A family
 defined outside the package (``external_family.py``, registered through the public call) is among them."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -137,6 +138,29 @@ def test_two_trainer_steps(family_configs, tiny_shard, tmp_path, name):
     saved = torch.load(tmp_path / "run" / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=False)
     model = open_clip.create_model(f"{BASE}-{name}", pretrained=str(tmp_path / "run" / "checkpoints" / "epoch_1.pt"))
     assert type(model) is FAMILIES[name].model_class and saved["epoch"] == 1
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_scored_pruned_reduces_tokens_at_inference_without_a_caption(family_configs, name):
+    """What the study's ``zeroshot_top1_pruned`` scores: the twin under ``scored_pruned`` in eval mode, no caption,
+    differs from the stock model with the same weights; a family with no such mode declares None."""
+    declared = FAMILIES[name]
+    options = declared.scored_pruned
+    assert options == ({} if declared.at_inference == REDUCES else declared.pruned_at_inference)
+    if options is None:
+        return
+    torch.manual_seed(0)
+    stock = open_clip.create_model(BASE).eval()
+    pruned = open_clip.create_model(f"{BASE}-{name}", **{declared.config_block: options}).eval()
+    pruned.load_state_dict(stock.state_dict())
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(pruned.encode_image(images), stock.encode_image(images))
+
+
+def test_pruned_at_inference_is_for_families_that_keep_every_token():
+    with pytest.raises(ValueError, match="reduces them already"):
+        dataclasses.replace(FAMILIES["evit"], pruned_at_inference={"keep_rate": 0.5}).check()
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

@@ -25,7 +25,8 @@ from open_clip_elip.study.methods import catalogue
 from open_clip_elip.study.plan import PRESETS, plan
 from open_clip_elip.study.runner import Runner, loss_curve
 
-TINY = ["--preset", "tiny", "--fashion-mnist", str(fashion_mnist.DEBIAN_DIR)]
+TINY = ["--preset", "tiny", "--fashion-mnist", str(fashion_mnist.DEBIAN_DIR), "--probe"]
+FASHION = ["--regimes", "fashion", "--schedules", "1"]
 METHODS = list(catalogue().values())  # the table, and a row for each family registered without one
 NAMES = [m.name for m in METHODS]
 
@@ -37,25 +38,26 @@ class Planned:
         self.out = out
         self.args = study.parse_args([*TINY, "--out", str(out), *argv])
         self.preset = PRESETS["tiny"]
-        self.data = prepare_data(self.args, self.preset, out)
-        self.configs = build_configs(self.args, self.preset, METHODS, out)
+        self.regime = self.args.cells[0].regime
+        self.data = prepare_data(self.args, self.preset, out, self.regime)
+        self.configs = build_configs(self.args, self.preset, METHODS, out, self.regime)
         import open_clip
 
         open_clip.add_model_config(out / "configs")
-        methods = [catalogue()[n] for n in self.args.methods]
-        self.runs, self.budgets = plan(methods, self.args.seeds or [0], self.configs, self.preset)
-        self.runner = Runner(out, self.args, self.preset, self.data)
+        methods = [catalogue()[n] for n in (self.args.methods or NAMES)]
+        self.runs, self.budgets = plan(methods, self.args.seeds or [0], self.configs, self.preset, self.regime, 1)
+        self.runner = Runner(out, self.args, self.preset, {self.regime: self.data})
 
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    s = Planned(tmp_path_factory.mktemp("plan"), ["--seeds", "0,1"])
+    s = Planned(tmp_path_factory.mktemp("plan"), [*FASHION, "--seeds", "0,1"])
     return s, s.runs
 
 
 def test_every_method_is_planned_seed_by_seed(planned):
     s, runs = planned
-    assert [r.key for r in runs[:len(NAMES)]] == [f"{m}/seed0" for m in NAMES]
+    assert [r.key for r in runs[:len(NAMES)]] == [f"fashion-x1/{m}/seed0" for m in NAMES]
     assert [r.seed for r in runs] == [0] * len(NAMES) + [1] * len(NAMES)
 
 
@@ -75,9 +77,11 @@ def test_trainer_commands_parse_and_carry_each_method(planned, tmp_path):
     s, runs = planned
     by_method = {r.method: r for r in runs if r.seed == 0}
     before = {"resume_from": str(tmp_path / "epoch_1.pt")}
+    (tmp_path / "epoch_1.pt").touch()
     parsed = {}
-    for method, run in by_method.items():
-        command = s.runner.trainer_command(run, tmp_path / method, before if run.after else None)
+    for method, run in by_method.items():  # (low-res+tune's resized checkpoint: the tiny study's test)
+        earlier = {**before, "image_size": run.image_size}
+        command = s.runner.trainer_command(run, tmp_path / method, earlier if run.after else None)
         assert command[1:3] == ["-m", "open_clip_train.main"]
         parsed[method] = trainer_parse_args(command[3:])
         assert parsed[method].seed == 0 and parsed[method].epochs == s.preset.epochs
@@ -95,6 +99,23 @@ def test_trainer_commands_parse_and_carry_each_method(planned, tmp_path):
     assert tune.model == base and tune.resume == before["resume_from"] and tune.force_patch_dropout is None
     assert by_method["flip-budget+tune"].after == "flip-budget" and parsed["flip-budget"].force_patch_dropout > 0
     assert parsed["stock-matched"].train_num_samples < parsed["stock"].train_num_samples
+    assert by_method["low-res+tune"].after == "low-res" and parsed["low-res+tune"].force_image_size is None
+    assert (by_method["low-res"].image_size, by_method["low-res+tune"].image_size) == (28, 32)
+    # scored pruned: ELIP-family rows as their -pruned config (vision-only), EViT and ToMe as they are
+    assert by_method["elip"].pruned_model == f"{base}-elip-pruned"
+    assert json.loads((s.out / "configs" / f"{base}-elip-pruned.json").read_text())["elip_cfg"][
+        "prune_without_text"] is True
+    assert by_method["evit"].pruned_model == by_method["evit"].eval_model == f"{base}-evit"
+    assert by_method["tome"].pruned_model == f"{base}-tome"
+    assert by_method["stock"].pruned_model is None and by_method["elip+tune"].pruned_model is None
+
+
+def test_a_continued_run_whose_checkpoint_is_gone_is_named(planned, tmp_path):
+    s, runs = planned
+    tune = next(r for r in runs if r.method == "elip+tune")
+    gone = tmp_path / "runs/fashion-x1/elip/seed0/train/elip/checkpoints/epoch_1.pt"
+    with pytest.raises(RuntimeError, match="which is gone.*move .*elip/seed0 aside to run elip again"):
+        s.runner.trainer_command(tune, tmp_path / "tune", {"resume_from": str(gone), "image_size": 32})
 
 
 def test_costs_come_from_the_benchmark_cost_model(planned):
@@ -116,6 +137,8 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     flip = by_method["flip-budget"].train_flops
     assert flip < stock_flops
     assert by_method["flip-budget+tune"].train_flops == pytest.approx(0.5 * flip + 0.5 * stock_flops)
+    low = by_method["low-res"].train_flops
+    assert low < stock_flops and by_method["low-res+tune"].train_flops == pytest.approx(0.5 * low + 0.5 * stock_flops)
     tokens = sum(n * k for n, k in zip(elip.tokens_per_block(), elip.elip_cfg.layout)) / 6
     prob, _ = random_drop_prob(cost.num_patches, tokens)
     assert by_method["flip-budget"].flags == ["--force-patch-dropout", f"{prob:.4f}"]
@@ -133,6 +156,9 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     (["--seeds", "0,x"], "comma-separated integers"),
     (["--train-data", "x/{0..1}.tar"], "go together"),
     (["--eval-dataset", "wds/x", "--eval-root", "/no/such/root"], "no folder /no/such/root"),
+    (["--regimes", "fashion,beach"], "unknown regime(s) ['beach']"),
+    (["--schedules", "3"], "no cell of the default preset has regime None and schedule [3]"),
+    (["--regimes", "scenes", "--train-data", "x/{0..1}.tar", "--train-num-samples", "9"], "exclude each other"),
 ])
 def test_bad_arguments_are_named(argv, named, capsys):
     with pytest.raises(SystemExit):
@@ -141,7 +167,18 @@ def test_bad_arguments_are_named(argv, named, capsys):
 
 
 def test_tune_brings_the_run_it_continues():
-    assert study.parse_args(["--methods", "elip+tune"]).methods == ["elip", "elip+tune"]
+    cells = study.parse_args(["--methods", "elip+tune,low-res+tune"]).cells
+    assert [c.methods for c in cells] == [("elip", "elip+tune", "low-res", "low-res+tune")] * 3
+
+
+def test_the_preset_cells_are_chosen_by_regime_and_schedule(capsys):
+    assert [c.name for c in study.parse_args([]).cells] == ["fashion-x1", "scenes-x1", "fashion-x4"]
+    assert [c.name for c in study.parse_args(["--schedules", "4"]).cells] == ["fashion-x4"]
+    assert [c.name for c in study.parse_args(["--regimes", "scenes"]).cells] == ["scenes-x1"]
+    cells = study.parse_args(["--train-data", "x/{0..1}.tar", "--train-num-samples", "99999"]).cells
+    assert [c.name for c in cells] == ["custom-x1", "custom-x4"]  # other data: one regime, each schedule
+    assert study.main(["--list", "--schedules", "4", "--seeds", "7"]) == 0
+    assert capsys.readouterr().out == "fashion-x4: seeds 7; methods stock,stock-matched,elip,low-res,low-res+tune\n"
 
 
 def test_loss_curve_reads_the_trainers_lines():
@@ -159,54 +196,101 @@ def test_loss_curve_reads_the_trainers_lines():
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
+    """Three cells in one folder: fashion at 1x (the continued runs, EViT), at 2x and scenes at 1x."""
     out = tmp_path_factory.mktemp("study")
-    study.run_study(study.parse_args([*TINY, "--out", str(out), "--methods", "stock,elip+tune,low-res"]))
+    study.run_study(study.parse_args([*TINY, *FASHION, "--out", str(out),
+                                      "--methods", "stock,elip+tune,low-res+tune,evit"]))
+    study.run_study(study.parse_args([*TINY, "--out", str(out), "--schedules", "2", "--methods", "stock"]))
+    study.run_study(study.parse_args([*TINY, "--out", str(out), "--regimes", "scenes", "--methods", "elip"]))
     return out
 
 
 def test_tiny_study_writes_the_report(tiny_study):
     frame = pd.read_csv(tiny_study / "results.csv")
-    assert sorted(frame.method) == ["elip", "elip+tune", "low-res", "stock"]
     assert (frame.status == "ok").all()
+    cells = frame.groupby(["regime", "schedule"]).method.apply(sorted).to_dict()
+    assert cells == {("fashion", 1): ["elip", "elip+tune", "evit", "low-res", "low-res+tune", "stock"],
+                     ("fashion", 2): ["stock"], ("scenes", 1): ["elip"]}
+    one = frame[(frame.regime == "fashion") & (frame.schedule == 1)]
     for column in ("zeroshot_top1", "zeroshot_top5", "linear_probe_top1", "train_gflops_per_image",
                    "step_time_ratio", "train_seconds"):
-        assert frame[column].between(0, 1e6).all() and frame[column].notna().all(), column
-    by = frame.set_index("method")
+        assert one[column].between(0, 1e6).all() and one[column].notna().all(), column
+    by = one.set_index("method")
     assert by.step_time_ratio["stock"] == 1
     assert by.train_gflops_per_image["elip"] < by.train_gflops_per_image["elip+tune"] < by.train_gflops_per_image[
         "stock"]
-    assert by.samples_seen["elip+tune"] == by.samples_seen["stock"]
+    assert by.samples_seen["elip+tune"] == by.samples_seen["stock"] == by.samples_seen["low-res+tune"]
+    longer = frame[frame.schedule == 2].set_index("method")
+    assert longer.samples_seen["stock"] == 2 * by.samples_seen["stock"]
     for method in ("elip", "elip+tune"):  # the leak diagnostic ran on the ELIP-family checkpoints
         assert 0 <= by.leak_top1_own[method] <= 100 and math.isfinite(by.leak_loss[method])
         assert 0 <= by.leak_overlap_own_shuffled_b2[method] <= 100
     assert math.isnan(by.leak_top1["stock"])
+    # scored pruned: elip's own evaluation (vision-only pruning), evit's ordinary one, none for stock
+    assert 0 <= by.zeroshot_top1_pruned["elip"] <= 100
+    assert by.zeroshot_top1_pruned["evit"] == by.zeroshot_top1["evit"]
+    assert by[["zeroshot_top1_pruned"]].drop(["elip", "evit"]).isna().all().all()
+    pruned_eval = json.loads((tiny_study / "runs/fashion-x1/elip/seed0/eval/zeroshot_classification_pruned.json")
+                             .read_text())
+    assert pruned_eval["model"] == "ViT-FMNIST-32px-elip-pruned"
     markdown = (tiny_study / "results.md").read_text()
-    for text in ("| `elip` |", "| `elip+tune` |", "Paired differences", "Is ELIP worth it?", "leak"):
-        assert text in markdown
-    for picture in ("pareto.png", "curves.png"):
+    for text in ("## fashion, 1x schedule", "## fashion, 2x schedule", "## scenes, 1x schedule", "| `elip` |",
+                 "| `elip+tune` |", "scored pruned", "Key comparisons", "leak", "scenes-preview.png"):
+        assert text in markdown, text
+    for picture in ("pareto_fashion.png", "pareto_scenes.png", "curves_fashion-x1.png", "scenes-preview.png"):
         assert (tiny_study / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    tune_curve = pd.read_csv(tiny_study / "runs" / "elip+tune" / "seed0" / "curve.csv")
+    tune_curve = pd.read_csv(tiny_study / "runs" / "fashion-x1" / "elip+tune" / "seed0" / "curve.csv")
     assert tune_curve.epoch.tolist() == sorted(tune_curve.epoch) and set(tune_curve.epoch) == {0, 1}
+    settings = json.loads((tiny_study / "settings.json").read_text())
+    assert set(settings["cells"]) == {"fashion-x1", "fashion-x2", "scenes-x1"}  # each invocation's, merged
+
+
+def test_low_res_tune_resumes_at_full_size(tiny_study):
+    import open_clip
+    import torch
+
+    folder = tiny_study / "runs" / "fashion-x1" / "low-res+tune" / "seed0"
+    record = json.loads((folder / "result.json").read_text())
+    assert (record["image_size"], record["eval_model"]) == (32, "ViT-FMNIST-32px")
+    low = torch.load(json.loads((folder.parent.parent / "low-res" / "seed0" / "result.json").read_text())[
+        "resume_from"], weights_only=False)
+    resized = torch.load(folder / "resumed_at_full_size.pt", weights_only=False)
+    assert low["state_dict"]["visual.positional_embedding"].shape[0] == 7 * 7 + 1
+    assert resized["state_dict"]["visual.positional_embedding"].shape[0] == 8 * 8 + 1
+    assert "resumed_at_full_size.pt' (epoch 1)" in (folder / "train" / "low-res+tune" / "out.log").read_text()
+    final = torch.load(folder / "train" / "low-res+tune" / "checkpoints" / "epoch_2.pt", weights_only=False)
+    model = open_clip.create_model("ViT-FMNIST-32px")
+    model.load_state_dict(final["state_dict"])  # a full-size model, strictly
+
+
+def test_the_scenes_regime_trains_and_scores_on_its_canvases(tiny_study):
+    record = json.loads((tiny_study / "runs/scenes-x1/elip/seed0/result.json").read_text())
+    assert record["model"] == "ViT-Scenes-64px-elip" and record["image_size"] == 64
+    config = json.loads((tiny_study / "configs" / "ViT-Scenes-64px.json").read_text())["vision_cfg"]
+    assert (config["image_size"] // config["patch_size"]) ** 2 == 64  # the fashion regime's token count
+    evaluation = json.loads((tiny_study / "runs/scenes-x1/elip/seed0/eval/zeroshot_classification.json").read_text())
+    assert evaluation["dataset"] == "wds/fashion_mnist_scenes"
+    assert "scenes-train-512" in (tiny_study / "runs/scenes-x1/elip/seed0/command.txt").read_text()
 
 
 def test_finished_runs_are_not_repeated_and_nothing_is_overwritten(tiny_study, capsys):
-    results = sorted((tiny_study / "runs").glob("*/seed*/*.json"))
+    results = sorted((tiny_study / "runs").glob("*/*/seed*/*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in results}
-    study.run_study(study.parse_args([*TINY, "--out", str(tiny_study), "--methods", "stock,elip"]))
+    study.run_study(study.parse_args([*TINY, *FASHION, "--out", str(tiny_study), "--methods", "stock,elip"]))
     printed = capsys.readouterr().out
     assert printed.count("found (not repeated)") == 2 and "started" not in printed
     assert {p: p.stat().st_mtime_ns for p in results} == stamps
-    assert len(pd.read_csv(tiny_study / "results.csv")) == 4  # merged: the earlier runs are still reported
+    assert len(pd.read_csv(tiny_study / "results.csv")) == 8  # merged: the earlier runs are still reported
 
 
 def test_same_seed_reproduces_the_row(tiny_study, tmp_path):
-    study.run_study(study.parse_args([*TINY, "--out", str(tmp_path), "--methods", "stock", "--seeds", "0"]))
+    study.run_study(study.parse_args([*TINY, *FASHION, "--out", str(tmp_path), "--methods", "stock", "--seeds", "0"]))
     again = pd.read_csv(tmp_path / "results.csv").set_index("method").loc["stock"]
-    first = pd.read_csv(tiny_study / "results.csv").set_index("method").loc["stock"]
+    first = pd.read_csv(tiny_study / "results.csv").query("schedule == 1").set_index("method").loc["stock"]
     for column in ("zeroshot_top1", "zeroshot_top5", "linear_probe_top1"):
         assert again[column] == first[column], column
-    curve = pd.read_csv(tmp_path / "runs" / "stock" / "seed0" / "curve.csv")
-    assert curve.equals(pd.read_csv(tiny_study / "runs" / "stock" / "seed0" / "curve.csv"))
+    curve = pd.read_csv(tmp_path / "runs" / "fashion-x1" / "stock" / "seed0" / "curve.csv")
+    assert curve.equals(pd.read_csv(tiny_study / "runs" / "fashion-x1" / "stock" / "seed0" / "curve.csv"))
 
 
 def test_a_crashed_run_is_reported_and_the_others_complete(tmp_path, capsys):
@@ -217,16 +301,17 @@ def test_a_crashed_run_is_reported_and_the_others_complete(tmp_path, capsys):
             return [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
         return real(self, run, folder, before)
 
-    (tmp_path / "runs" / "flip-50" / "seed0").mkdir(parents=True)  # an interrupted attempt
-    (tmp_path / "runs" / "flip-50" / "seed0" / "trainer.log").write_text("cut short")
+    interrupted = tmp_path / "runs" / "fashion-x1" / "flip-50" / "seed0"
+    interrupted.mkdir(parents=True)
+    (interrupted / "trainer.log").write_text("cut short")
     with mock.patch.object(Runner, "trainer_command", crash_stock):
-        study.run_study(study.parse_args([*TINY, "--out", str(tmp_path), "--methods", "stock,flip-50"]))
+        study.run_study(study.parse_args([*TINY, *FASHION, "--out", str(tmp_path), "--methods", "stock,flip-50"]))
     printed = capsys.readouterr().out
-    assert "stock/seed0 FAILED" in printed and "exit status 3" in printed
+    assert "fashion-x1/stock/seed0 FAILED" in printed and "exit status 3" in printed
     frame = pd.read_csv(tmp_path / "results.csv").set_index("method")
     assert frame.status.to_dict() == {"flip-50": "ok", "stock": "failed"}
     assert "## Failed runs" in (tmp_path / "results.md").read_text()
-    kept = tmp_path / "runs" / "flip-50" / "seed0.attempt-1" / "trainer.log"
+    kept = interrupted.with_name("seed0.attempt-1") / "trainer.log"
     assert kept.read_text() == "cut short"  # the interrupted attempt is kept aside, never deleted
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
@@ -48,6 +48,9 @@ class Family:
     flops: ``(image tower, TowerCost, train)`` -> FLOPs per image of the tower (training step or inference
         forward), in ``costs.TowerCost``'s counting.
     variants: settings the benchmark shows besides the defaults.
+    pruned_at_inference: options under which a model that keeps every token at inference (``at_inference``
+        ``STOCK``) reduces them without a caption, for scoring a checkpoint pruned (the study's
+        ``zeroshot_top1_pruned``); None: no such mode, or none needed (``at_inference`` is ``REDUCES``).
     twins: stock configs that get a generated ``-<name>`` twin.
     """
 
@@ -61,6 +64,7 @@ class Family:
     flops: Callable[[VisionTransformer, TowerCost, bool], int]
     takes_caption: bool = False
     variants: Tuple[Variant, ...] = ()
+    pruned_at_inference: Optional[Mapping] = None
     twins: Tuple[str, ...] = STOCK_TWINS
     description: str = ""
 
@@ -81,6 +85,15 @@ class Family:
         for field, value in (("without_caption", self.without_caption), ("at_inference", self.at_inference)):
             if value not in BEHAVIOURS:
                 raise ValueError(f"family {self.name!r}: {field} must be one of {list(BEHAVIOURS)}, got {value!r}")
+        if self.pruned_at_inference is not None and self.at_inference == REDUCES:
+            raise ValueError(f"family {self.name!r}: pruned_at_inference is for families whose models keep every "
+                             "token at inference (at_inference STOCK); this one reduces them already")
+
+    @property
+    def scored_pruned(self) -> Optional[Mapping]:
+        """Options to score a checkpoint with tokens reduced at inference: ``{}`` (as it is), those of
+        ``pruned_at_inference``, or None (it cannot be)."""
+        return {} if self.at_inference == REDUCES else self.pruned_at_inference
 
 
 FAMILIES: Dict[str, Family] = {}  # name -> family, in registration order

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import shlex
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import open_clip
 
 from ..core.registration import EXTRA_CONFIGS_ENV
 from . import __doc__ as STUDY_DOC
 from .configs import build_configs
-from .data import prepare_data
+from .data import CUSTOM, REGIMES, prepare_data
 from .methods import catalogue, descriptions
 from .plan import PRESETS, plan
 from .report import write_report
@@ -24,12 +26,19 @@ from .runner import Runner
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m open_clip_elip.study", description=STUDY_DOC.split("\n\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
-                        help="scale: 'default' (about an hour on 2 cores) or 'tiny' (the tests)")
+                        help="scale and cells: 'default' (about 4 hours on 2 cores) or 'tiny' (the tests)")
+    built_in = [name for name in REGIMES if name != CUSTOM]
+    parser.add_argument("--regimes", help=f"comma-separated, from: {', '.join(built_in)} (default: the preset's; "
+                                          "with --train-data the one regime is 'custom')")
+    parser.add_argument("--schedules", help="comma-separated multiples of the preset's samples (default: the "
+                                            "preset's, e.g. 1,4)")
     parser.add_argument("--out", default="runs/study", help="data, runs and report go here (default: runs/study)")
     methods = catalogue()
-    parser.add_argument("--methods", default=",".join(methods),
-                        help=f"comma-separated, from: {', '.join(methods)} (default: all)")
-    parser.add_argument("--seeds", help="comma-separated seeds (default: 0..N-1 with N from the preset)")
+    parser.add_argument("--methods", help=f"comma-separated, from: {', '.join(methods)} (default: each cell's, "
+                                          "see --list)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: 0..N-1 with N from each cell)")
+    parser.add_argument("--list", action="store_true", help="print the preset's cells (regime, schedule, methods, "
+                                                            "seeds) and exit")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: reproducible)")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -37,7 +46,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--low-res-size", type=int, help="image size of low-res (default: about 0.77x the tokens)")
     parser.add_argument("--layout", type=lambda s: [int(n) for n in s.split(",")],
                         help="ELIP layers per block, e.g. 1,1,3,1 (default: the paper's scaled to the depth)")
-    parser.add_argument("--no-probe", dest="probe", action="store_false", help="zero-shot evaluation only")
+    parser.add_argument("--probe", action="store_true",
+                        help="add clip_benchmark's linear probe (off by default: the study's verdicts are zero-shot, "
+                             "and the probe's cost buys seeds instead)")
     parser.add_argument("--fashion-mnist", type=Path, metavar="DIR",
                         help="folder of the Fashion-MNIST *-ubyte[.gz] files (default: the Debian package's)")
     data = parser.add_argument_group("other data (default: Fashion-MNIST, built under OUT/data)")
@@ -50,19 +61,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     data.add_argument("--model-config", help="a stock OpenCLIP model config JSON (default: a small ViT for 32 px)")
     args = parser.parse_args(argv)
     args.command_line = shlex.join(sys.argv[1:] if argv is None else argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in methods]
-    if unknown or not args.methods:
-        parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(methods)}")
-    for name in list(args.methods):  # a run that continues another needs that one first
-        earlier = methods[name].continues
-        if earlier and earlier not in args.methods:
-            args.methods.insert(args.methods.index(name), earlier)
+    if args.methods is not None:
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in args.methods if m not in methods]
+        if unknown or not args.methods:
+            parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(methods)}")
     preset = PRESETS[args.preset]
     try:
-        args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(preset.seeds))
+        args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        schedules = [int(s) for s in args.schedules.split(",")] if args.schedules else None
     except ValueError:
-        parser.error(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}")
+        parser.error("--seeds and --schedules take comma-separated integers, e.g. 0,1,2")
+    regimes = [r.strip() for r in args.regimes.split(",")] if args.regimes else None
+    if regimes and (set(regimes) - set(built_in) or not regimes):
+        parser.error(f"--regimes: unknown regime(s) {sorted(set(regimes) - set(built_in))}; choose from "
+                     f"{', '.join(built_in)}")
+    if regimes and args.train_data:
+        parser.error("--regimes and --train-data exclude each other: --train-data is the study's one regime")
+    args.cells = [c for c in preset.cells if (regimes is None or c.regime in regimes)
+                  and (schedules is None or c.schedule in schedules)]
+    if not args.cells:
+        parser.error(f"no cell of the {args.preset} preset has regime {regimes} and schedule {schedules}; its cells: "
+                     + ", ".join(c.name for c in preset.cells))
+    if args.train_data:  # the other data replace the built-in regimes, once per schedule
+        args.cells = list({c.schedule: replace(c, regime=CUSTOM) for c in args.cells}.values())
+    args.cells = [replace(c, methods=with_earlier(args.methods or c.methods, methods)) for c in args.cells]
     for option in ("jobs", "threads"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
@@ -79,31 +102,73 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def with_earlier(names: Sequence[str], methods: dict) -> Tuple[str, ...]:
+    """``names`` with each run's earlier one (the run it continues) put before it when missing."""
+    names = list(names)
+    for name in list(names):
+        earlier = methods[name].continues
+        if earlier and earlier not in names:
+            names.insert(names.index(name), earlier)
+    return tuple(names)
+
+
 def run_study(args: argparse.Namespace) -> Path:
     """Prepare, run what is not done yet, and write the report; returns the output folder."""
     out, preset = Path(args.out), PRESETS[args.preset]
-    data = prepare_data(args, preset, out)
     methods = catalogue()
-    configs = build_configs(args, preset, list(methods.values()), out)
+    regimes = list(dict.fromkeys(cell.regime for cell in args.cells))
+    data = {regime: prepare_data(args, preset, out, regime) for regime in regimes}
+    configs = {regime: build_configs(args, preset, list(methods.values()), out, regime) for regime in regimes}
     os.environ[EXTRA_CONFIGS_ENV] = os.pathsep.join(  # for the trainer and clip_benchmark subprocesses
         filter(None, [str(out / "configs"), os.environ.get(EXTRA_CONFIGS_ENV)]))
     open_clip.add_model_config(out / "configs")
-    runs, budgets = plan([methods[name] for name in args.methods], args.seeds, configs, preset)
-    print(f"study in {out}: {len(args.methods)} methods x {len(args.seeds)} seeds = {len(runs)} runs, "
-          f"{args.jobs} at a time, {args.threads} thread(s) each\n"
-          f"training: {data.train_data}, {preset.epochs} epochs x {preset.samples_per_epoch} samples, batch "
-          f"{preset.batch_size}, lr {args.lr}; evaluation: {data.eval_dataset} (clip_benchmark)", flush=True)
+    runs, cells = [], {}
+    for cell in args.cells:
+        scaled = preset.scaled(cell.schedule)
+        seeds = args.seeds or list(range(cell.seeds))
+        planned, budgets = plan([methods[name] for name in cell.methods], seeds, configs[cell.regime], scaled,
+                                cell.regime, cell.schedule)
+        runs += planned
+        stock, regime_data = configs[cell.regime].stock, data[cell.regime]
+        steps = scaled.epochs * math.ceil(scaled.samples_per_epoch / scaled.batch_size)
+        print(f"{cell.name}: {len(cell.methods)} methods x {len(seeds)} seeds = {len(planned)} runs of "
+              f"{configs[cell.regime].base} on {regime_data.train_data}, {scaled.epochs} epochs x "
+              f"{scaled.samples_per_epoch} samples ({steps} steps of {scaled.batch_size}); evaluation: "
+              f"{regime_data.eval_dataset} (clip_benchmark)", flush=True)
+        cells[cell.name] = {
+            "regime": cell.regime, "schedule": cell.schedule, "regime_description": REGIMES[cell.regime].description,
+            "preset_values": {k: v for k, v in asdict(scaled).items() if k != "cells"},
+            "train_data": regime_data.train_data, "eval_dataset": regime_data.eval_dataset,
+            "base_model": configs[cell.regime].base, "image_size": stock["vision_cfg"]["image_size"],
+            "stock_matched_fraction": budgets.matched_fraction, "flip_budget_drop": budgets.drop_prob,
+            "low_res_size": budgets.low_res_size}
+    print(f"study in {out}: {len(runs)} runs, {args.jobs} at a time, {args.threads} thread(s) each, lr {args.lr}",
+          flush=True)
     Runner(out, args, preset, data).run_all(runs)
-    settings = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "preset_values": asdict(preset), "train_data": data.train_data, "eval_dataset": data.eval_dataset,
-                "stock_matched_fraction": budgets.matched_fraction, "flip_budget_drop": budgets.drop_prob,
-                "low_res_size": budgets.low_res_size, "image_size": configs.stock["vision_cfg"]["image_size"],
-                "base_model": configs.base}
+    settings = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cells"},
+                "cells": _merged_cells(out, cells)}
+    previews = [d.preview for d in data.values() if d.preview]
+    if previews:
+        settings["preview"] = str(previews[0].relative_to(out))
     written = write_report(out, settings, descriptions())
     print("wrote " + ", ".join(str(p) for p in written), flush=True)
     return out
 
 
+def _merged_cells(out: Path, cells: dict) -> dict:
+    """This invocation's cells' settings over those an earlier one saved in ``OUT/settings.json`` (the report
+    covers every run under OUT)."""
+    path = out / "settings.json"
+    earlier = json.loads(path.read_text()).get("cells", {}) if path.exists() else {}
+    return {**earlier, **cells}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    run_study(parse_args(argv))
+    args = parse_args(argv)
+    if args.list:
+        for cell in args.cells:
+            seeds = args.seeds or list(range(cell.seeds))
+            print(f"{cell.name}: seeds {','.join(map(str, seeds))}; methods {','.join(cell.methods)}")
+        return 0
+    run_study(args)
     return 0

@@ -8,10 +8,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from ..core.registry import FAMILIES
 from ..demo import model_configs
+from .data import REGIMES
 from .methods import Method
 from .plan import Preset
 
@@ -30,20 +31,31 @@ class StudyConfigs:
         """The model name clip_benchmark scores ``method``'s checkpoint as."""
         return f"{self.base}-{method.name}" if method.eval_image_size else self.trained(method)
 
+    def pruned(self, method: Method) -> Optional[str]:
+        """The model name clip_benchmark scores ``method``'s checkpoint pruned as (None: it cannot be)."""
+        options = FAMILIES[method.family].scored_pruned if method.family else None
+        if options is None:
+            return None
+        return f"{self.base}-{method.name}-pruned" if options else self.evaluated(method)
+
     @property
     def stock(self) -> dict:
         return self.configs[self.base]
 
 
-def build_configs(args: argparse.Namespace, preset: Preset, methods: Sequence[Method], out: Path) -> StudyConfigs:
-    """Write the configs of ``methods`` to ``OUT/configs``; an existing file with other contents is refused (its
-    runs were made with another model)."""
+def build_configs(args: argparse.Namespace, preset: Preset, methods: Sequence[Method], out: Path,
+                  regime: str = "fashion") -> StudyConfigs:
+    """Write the configs of ``methods`` in ``regime`` to ``OUT/configs``; an existing file with other contents is
+    refused (its runs were made with another model)."""
     if args.model_config:
         stock = json.loads(Path(args.model_config).read_text())
         base = Path(args.model_config).stem
     else:
-        base, stock = next(iter(model_configs(args.image_size, width=preset.width,
-                                              head_width=preset.width // 2).items()))
+        shape = REGIMES[regime]
+        image_size = shape.image_size or args.image_size
+        _, stock = next(iter(model_configs(image_size, patch_size=shape.patch_size, width=preset.width,
+                                           head_width=preset.width // 2).items()))
+        base = shape.base.format(image_size=image_size)
     vision = stock["vision_cfg"]
     low_res_size = args.low_res_size or _low_res_size(vision["image_size"], vision["patch_size"])
     overrides = {"elip": {"layout": args.layout}} if args.layout else {}  # family -> options from the command line
@@ -53,6 +65,9 @@ def build_configs(args: argparse.Namespace, preset: Preset, methods: Sequence[Me
             family = FAMILIES[method.family]
             block = {**family.default_options(stock), **overrides.get(method.family, {}), **method.options}
             configs[f"{base}-{method.name}"] = {**stock, family.config_block: block}
+            if family.pruned_at_inference:
+                configs[f"{base}-{method.name}-pruned"] = {**stock, family.config_block: {
+                    **block, **family.pruned_at_inference}}
         if method.eval_image_size:
             resized = copy.deepcopy(stock)
             resized["vision_cfg"]["image_size"] = int(method.eval_image_size.format(low_res_size=low_res_size))

@@ -1,17 +1,24 @@
-"""The study's data: training shards, the clip_benchmark evaluation set and held-out pairs for the leak
-diagnostic, built once under ``OUT/data`` (Fashion-MNIST) or taken from the command line."""
+"""The study's data regimes: training shards, the clip_benchmark evaluation set and held-out pairs for the leak
+diagnostic, built once under ``OUT/data`` from Fashion-MNIST (or any MNIST-format folder), or taken from the
+command line (the ``custom`` regime).
+
+- ``fashion``: the Fashion-MNIST images themselves (32 px, patch 4: 64 patches); each item fills its frame.
+- ``scenes``: a captioned item and an unmentioned distractor on a 64 px canvas (patch 8: 64 patches), scored
+  on single-item canvases (``open_clip_elip.scenes``).
+"""
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional
 
-from .. import fashion_mnist
+from .. import fashion_mnist, scenes
 from ..demo import eval_set
 from .plan import Preset
 
 DATASET = "wds/fashion_mnist"
+CUSTOM = "custom"  # the regime of --train-data / --eval-dataset
 
 
 @dataclass(frozen=True)
@@ -20,35 +27,84 @@ class StudyData:
     eval_dataset: str  # clip_benchmark's --dataset
     eval_root: Path  # and its --dataset_root
     heldout: Optional[str]  # image-caption shards for the leak diagnostic (None: no diagnostic)
+    preview: Optional[Path] = None  # a picture of training samples with their captions
 
 
-def prepare_data(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:
-    """Build what is missing (reused when it exists) and say where everything is."""
+@dataclass(frozen=True)
+class Regime:
+    """A data regime: what the images show, the stock model's image and patch size (64 patches in both built-in
+    regimes) and how its data are built."""
+
+    name: str
+    description: str
+    base: str  # the stock model's name, of {image_size}
+    patch_size: int
+    image_size: Optional[int]  # None: --image-size
+    build: Callable[[argparse.Namespace, Preset, Path], StudyData]
+
+
+def _fashion(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:
     data = out / "data"
-    if args.train_data:
-        train_data = args.train_data
-        if args.train_num_samples < preset.samples_per_epoch:
-            raise ValueError(
-                f"--train-num-samples {args.train_num_samples}: the {args.preset} preset reads "
-                f"{preset.samples_per_epoch} samples per epoch; give data with at least that many")
-    else:
-        folder = data / f"fashion-mnist-train-{preset.train_images}-shards{preset.shard_size}"
-        train_data = fashion_mnist.shard_pattern(
-            _fashion_shards(folder, "train", preset.train_images, preset.shard_size, args.fashion_mnist))
+    folder = data / f"fashion-mnist-train-{preset.train_images}-shards{preset.shard_size}"
+    train = _fashion_shards(folder, "train", preset.train_images, preset.shard_size, args.fashion_mnist)
+    heldout = _fashion_shards(data / f"fashion-mnist-heldout-{preset.leak_samples}", "test", preset.leak_samples,
+                              preset.shard_size, args.fashion_mnist, last=True)
+    return StudyData(fashion_mnist.shard_pattern(train), *_fashion_eval(args, preset, out),
+                     fashion_mnist.shard_pattern(heldout))
+
+
+def _scenes(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:
+    """Training canvases of the train split less its last ``probe_samples`` items (the probe's); held-out
+    canvases of the test split's last items; single-item evaluation canvases (seed 0 throughout)."""
+    data = out / "data"
+    train = data / f"scenes-train-{preset.train_images}-shards{preset.shard_size}"
+    if not train.exists():
+        print(f"writing {preset.train_images} scenes training canvases to {train}", flush=True)
+        scenes.write_scene_shards(train, "train", preset.train_images, 0, args.fashion_mnist,
+                                  skip_last=preset.probe_samples, shard_size=preset.shard_size)
+    heldout = data / f"scenes-heldout-{preset.leak_samples}"
+    if not heldout.exists():
+        scenes.write_scene_shards(heldout, "test", preset.leak_samples, 1, args.fashion_mnist,
+                                  shard_size=preset.shard_size)
+    evaluation = data / f"scenes-eval-test{preset.test_samples}-probe{preset.probe_samples}"
+    if not evaluation.exists():
+        print(f"writing the scenes evaluation canvases to {evaluation}", flush=True)
+        scenes.write_scene_eval_set(evaluation, preset.test_samples, preset.probe_samples, 0, args.fashion_mnist)
+    preview = out / "scenes-preview.png"
+    if not preview.exists():
+        scenes.save_preview(fashion_mnist.shard_pattern(train), preview)
+    return StudyData(fashion_mnist.shard_pattern(train), scenes.DATASET, evaluation,
+                     fashion_mnist.shard_pattern(heldout), preview)
+
+
+def _custom(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:
+    if args.train_num_samples < preset.samples_per_epoch:
+        raise ValueError(
+            f"--train-num-samples {args.train_num_samples}: the {args.preset} preset reads "
+            f"{preset.samples_per_epoch} samples per epoch at this schedule; give data with at least that many")
+    return StudyData(args.train_data, *_fashion_eval(args, preset, out), args.heldout_data)
+
+
+def _fashion_eval(args: argparse.Namespace, preset: Preset, out: Path) -> tuple:
+    """``--eval-dataset`` and ``--eval-root`` if given, else Fashion-MNIST's test and probe images."""
     if args.eval_root:
-        eval_dataset, eval_root = args.eval_dataset, Path(args.eval_root)
-    else:
-        eval_dataset = DATASET
-        eval_root = eval_set(out, preset.test_samples, preset.probe_samples, args.fashion_mnist)
-    if args.heldout_data:
-        heldout = args.heldout_data
-    elif args.train_data:
-        heldout = None
-    else:
-        folder = data / f"fashion-mnist-heldout-{preset.leak_samples}"
-        heldout = fashion_mnist.shard_pattern(
-            _fashion_shards(folder, "test", preset.leak_samples, preset.shard_size, args.fashion_mnist, last=True))
-    return StudyData(train_data, eval_dataset, eval_root, heldout)
+        return args.eval_dataset, Path(args.eval_root)
+    return DATASET, eval_set(out, preset.test_samples, preset.probe_samples, args.fashion_mnist)
+
+
+REGIMES: Dict[str, Regime] = {regime.name: regime for regime in (
+    Regime("fashion", "Fashion-MNIST: one item filling the frame, its class named by the caption",
+           "ViT-FMNIST-{image_size}px", 4, None, _fashion),
+    Regime("scenes", "scenes: a captioned item and an unmentioned distractor on a 64 px canvas (under half "
+           "covered), scored on single-item canvases", "ViT-Scenes-{image_size}px", 8, 64, _scenes),
+    Regime(CUSTOM, "the command line's --train-data (evaluation: --eval-dataset, else Fashion-MNIST's)",
+           "ViT-FMNIST-{image_size}px", 4, None, _custom),
+)}
+
+
+def prepare_data(args: argparse.Namespace, preset: Preset, out: Path, regime: str = "fashion") -> StudyData:
+    """Build what ``regime`` lacks (reused when it exists) and say where everything is."""
+    return REGIMES[regime].build(args, preset, out)
 
 
 def _fashion_shards(folder: Path, split: str, count: int, shard_size: int, source: Optional[Path],

@@ -21,7 +21,8 @@ class Method:
         for the base model, then ``options``) is trained; None: the stock base model.
     flags: extra trainer flags; ``{drop_prob}``, ``{low_res_size}`` are filled from the plan's budgets.
     samples: ``full`` (the preset's samples per epoch) or ``matched`` (ELIP's training FLOPs, whole batches).
-    continues: a method whose run (same seed) this one continues for its last epoch (``--resume``).
+    continues: a method whose run (same seed) this one continues for its last epoch (``--resume``; a checkpoint
+        of another image size is resized first, ``open_clip_elip.resize``).
     cost: how training FLOPs are counted: ``model`` (the model's cost model), ``samples`` (stock per sample),
         ``patch_dropout`` / ``image_size`` (a stock tower at the tokens its flags leave), ``continued`` (the run
         it continues, then this model for the last epoch).
@@ -62,6 +63,8 @@ METHODS: Tuple[Method, ...] = (
            continues="flip-budget", cost=CONTINUED),
     Method("low-res", "training and evaluation at a lower image size, about ELIP's token budget",
            flags=("--force-image-size", "{low_res_size}"), cost=IMAGE_SIZE, eval_image_size="{low_res_size}"),
+    Method("low-res+tune", "low-res's run, its last epoch continued at full size (CLIPA's protocol; positional "
+           "embedding resized as OpenCLIP does)", continues="low-res", cost=CONTINUED),
     Method("elip-vision-only", "ELIP scored by the image's own CLS only (lam 1)", family="elip",
            options={"lam": 1.0}, leak=True),
     Method("elip-random-caption", "ELIP guided by another row's caption of the batch (ablation)", family="elip",

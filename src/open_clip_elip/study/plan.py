@@ -4,9 +4,9 @@ models (``core.registry``) on the study's own model."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import open_clip
 
@@ -15,10 +15,36 @@ from ..core import registry
 from ..core.costs import TowerCost, predict_plain, text_train_flops
 from . import methods as m
 
+# the methods every cell of the default study runs: the issue's key comparisons (elip against each) and what
+# they continue; the other rows of ``methods`` run when named (--methods)
+KEY_METHODS = ("stock", "stock-matched", "elip", "elip-vision-only", "evit", "tome", "flip-budget",
+               "flip-budget+tune", "low-res", "low-res+tune")
+CORE_METHODS = ("stock", "stock-matched", "elip", "low-res", "low-res+tune")  # the longer schedule's
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One part of a study: a data regime (``data.REGIMES``) at a schedule (the preset's samples per epoch times
+    ``schedule``), its methods and number of seeds."""
+
+    regime: str
+    schedule: int
+    methods: Tuple[str, ...]
+    seeds: int
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.regime, self.schedule)
+
+
+def cell_name(regime: str, schedule: int) -> str:
+    """The folder of a cell's runs (``OUT/runs/<cell>/``), e.g. ``fashion-x1``."""
+    return f"{regime}-x{schedule}"
+
 
 @dataclass(frozen=True)
 class Preset:
-    """The scale of a study: data, schedule, evaluation and seeds."""
+    """The scale of a study: data, the base schedule, evaluation, and its cells."""
 
     samples_per_epoch: int
     epochs: int
@@ -28,39 +54,60 @@ class Preset:
     test_samples: int
     probe_samples: int
     leak_samples: int
-    seeds: int
     width: int
     log_every: int
+    cells: Tuple[Cell, ...]
+
+    def scaled(self, schedule: int) -> "Preset":
+        """This preset at ``schedule`` times the samples per epoch (same epochs: the +tune methods' last epoch
+        stays a tenth)."""
+        return replace(self, samples_per_epoch=self.samples_per_epoch * schedule)
 
 
 PRESETS = {
     # the tests: the real trainer and clip_benchmark, a few steps
     "tiny": Preset(samples_per_epoch=256, epochs=2, batch_size=64, train_images=512, shard_size=128,
-                   test_samples=200, probe_samples=200, leak_samples=128, seeds=1, width=32, log_every=1),
-    # about an hour on 2 cores: see docs/study/README.md for why this scale
-    "default": Preset(samples_per_epoch=1536, epochs=10, batch_size=128, train_images=20000, shard_size=250,
-                      test_samples=2500, probe_samples=2500, leak_samples=512, seeds=5, width=64, log_every=3),
+                   test_samples=200, probe_samples=200, leak_samples=128, width=32, log_every=1,
+                   cells=(Cell("fashion", 1, KEY_METHODS, 1), Cell("scenes", 1, KEY_METHODS, 1),
+                          Cell("fashion", 2, CORE_METHODS, 1))),
+    # see docs/study/README.md for why this scale: 240 steps of batch 128, stock's seed-to-seed sd under 2 points
+    "default": Preset(samples_per_epoch=3072, epochs=10, batch_size=128, train_images=30000, shard_size=500,
+                      test_samples=10000, probe_samples=5000, leak_samples=512, width=64, log_every=6,
+                      cells=(Cell("fashion", 1, KEY_METHODS, 5), Cell("scenes", 1, KEY_METHODS, 5),
+                             Cell("fashion", 4, CORE_METHODS, 3))),
 }
 BUDGET_FAMILY = "elip"  # the method whose cost the budgets match
 
 
 @dataclass
 class Run:
-    """One (method, seed) training run and what it needs."""
+    """One (regime, schedule, method, seed) training run and what it needs."""
 
     method: str
     seed: int
     model: str  # the trainer's --model
     eval_model: str  # the name clip_benchmark builds
+    regime: str = ""
+    schedule: int = 1
     flags: List[str] = field(default_factory=list)  # extra trainer flags
     samples_per_epoch: int = 0
     train_flops: float = 0.0  # per image of the full schedule
     after: Optional[str] = None  # a method whose run (same seed) this one continues
     leak_model: Optional[str] = None  # the model the leak diagnostic builds, if it runs
+    pruned_model: Optional[str] = None  # the name clip_benchmark scores it pruned as (eval_model: as it is)
+    image_size: int = 0  # the size it trains at
+
+    @property
+    def cell(self) -> str:
+        return cell_name(self.regime, self.schedule)
 
     @property
     def key(self) -> str:
-        return f"{self.method}/seed{self.seed}"
+        return self.key_of(self.method)
+
+    def key_of(self, method: str) -> str:
+        """The key of ``method``'s run in this one's cell, with this seed."""
+        return f"{self.cell}/{method}/seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -77,8 +124,8 @@ class Planner:
     """Runs of the study's models, with their training FLOPs per image (text tower included; each model built
     once) and the budgets, computed at construction."""
 
-    def __init__(self, configs, preset: Preset):
-        self.configs, self.preset = configs, preset
+    def __init__(self, configs, preset: Preset, regime: str = "", schedule: int = 1):
+        self.configs, self.preset, self.regime, self.schedule = configs, preset, regime, schedule
         stock = self.build(configs.base)
         self.text = text_train_flops(stock)
         self.stock_cost, self.depth = TowerCost.of(stock.visual), len(stock.visual.transformer.resblocks)
@@ -121,13 +168,17 @@ class Planner:
     def run(self, method: m.Method, seed: int) -> Run:
         configs, fields = self.configs, asdict(self.budgets)
         leak_source = method if method.family else m.catalogue().get(method.continues or "")
-        run = Run(method.name, seed, configs.trained(method), configs.evaluated(method),
+        run = Run(method.name, seed, configs.trained(method), configs.evaluated(method), self.regime, self.schedule,
                   flags=[flag.format(**fields) for flag in method.flags],
                   samples_per_epoch=self.budgets.matched_samples if method.samples == "matched"
                   else self.preset.samples_per_epoch,
                   after=method.continues,
-                  leak_model=configs.trained(leak_source) if method.leak and leak_source else None)
+                  leak_model=configs.trained(leak_source) if method.leak and leak_source else None,
+                  pruned_model=configs.pruned(method))
         run.train_flops = COSTS[method.cost](self, method, run)
+        forced = "--force-image-size" in run.flags
+        run.image_size = int(_flag(run, "--force-image-size")) if forced else \
+            configs.configs[run.model]["vision_cfg"]["image_size"]
         return run
 
 
@@ -157,7 +208,9 @@ COSTS: Dict[str, Callable[[Planner, m.Method, Run], float]] = {
 }
 
 
-def plan(methods: Sequence[m.Method], seeds: Sequence[int], configs, preset: Preset) -> tuple:
-    """Every (method, seed) run, seed by seed; and the budgets."""
-    planner = Planner(configs, preset)
+def plan(methods: Sequence[m.Method], seeds: Sequence[int], configs, preset: Preset, regime: str = "",
+         schedule: int = 1) -> tuple:
+    """Every (method, seed) run of one cell, seed by seed; and the budgets. ``preset`` is already scaled to the
+    schedule."""
+    planner = Planner(configs, preset, regime, schedule)
     return [planner.run(method, seed) for seed in seeds for method in methods], planner.budgets

@@ -1,9 +1,12 @@
-"""The study's report: ``results.csv``, ``results.md``, ``pareto.png`` and ``curves.png`` from the runs'
-``result.json`` and ``curve.csv`` files (``open_clip_elip.study`` writes them; this module only reads).
+"""The study's report from the runs' ``result.json`` and ``curve.csv`` files (``open_clip_elip.study`` writes
+them; this module only reads): ``results.csv`` (one row per run), ``verdicts.csv`` (the key comparisons),
+``results.md``, ``pareto_<regime>.png`` and ``curves_<cell>.png``.
 
-Statistics: per method the mean, standard deviation and 95% confidence interval (Student's t) over
-seeds; per pair of methods the same for their paired difference (same seed, same data order). A
-difference whose interval contains 0 is called "not distinguishable".
+A cell is one regime (training and evaluation data) at one schedule (a multiple of the samples), named
+``<regime>-x<schedule>``; its runs live in ``OUT/runs/<cell>/<method>/seed<k>/``. Statistics are per cell: per
+method the mean, standard deviation and 95% confidence interval (Student's t) over seeds; per pair of methods the
+same for their paired difference (same seed, same data order). A difference whose interval contains 0 is called
+"not distinguishable".
 """
 from __future__ import annotations
 
@@ -12,32 +15,72 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-METRICS = ("zeroshot_top1", "zeroshot_top5", "linear_probe_top1")
-COLUMNS = ["method", "seed", "status", "zeroshot_top1", "zeroshot_top5", "linear_probe_top1",
+TOP1, PRUNED = "zeroshot_top1", "zeroshot_top1_pruned"
+METRICS = (TOP1, "zeroshot_top5", PRUNED, "linear_probe_top1")
+CELL = ["regime", "schedule"]
+COLUMNS = [*CELL, "method", "seed", "status", TOP1, "zeroshot_top5", PRUNED, "linear_probe_top1",
            "train_gflops_per_image", "step_time_ratio", "train_seconds", "seconds_per_step", "samples_seen",
            "model", "eval_model", "trainer_flags", "wall_seconds", "error"]
+REGIMES = ("fashion", "scenes", "custom")  # the report's order; other regimes follow, by name
+KEY_METHOD = "elip"
+KEY_REFERENCES = ("stock-matched", "flip-budget+tune", "low-res+tune", "evit", "tome", "elip-vision-only", "stock")
+PRUNED_REFERENCES = ("evit", "tome")  # reduce tokens at inference too: compared with elip scored pruned
+PRUNED_LABEL, UNPRUNED_LABEL = "elip scored pruned", "elip unpruned"
+HALF_WIDTH_TARGET = 2.0  # points: the precision each key comparison should reach
+STABLE_SD, STABLE_SEEDS = 2.0, 5  # a cell is stable when stock's sd is at most this on at least this many seeds
+TOO_FEW = "too few seeds to tell"
+VERDICT_COLUMNS = [*CELL, "method", "reference", "n", "mean", "low", "high", "half_width", "verdict", "cost_ratio"]
+SCHEDULE_FILLS = ("full", "none", "left", "bottom", "right", "top")  # pareto markers, by schedule within a regime
+
+
+def cell_name(regime: str, schedule: int) -> str:
+    return f"{regime}-x{int(schedule)}"
+
+
+def split_cell(name: str) -> Tuple[str, int]:
+    """``("fashion", 4)`` from ``"fashion-x4"``."""
+    regime, _, schedule = name.rpartition("-x")
+    return regime, int(schedule)
+
+
+def regime_order(regimes: Sequence[str]) -> List[str]:
+    present = set(regimes)
+    return [r for r in REGIMES if r in present] + sorted(present - set(REGIMES))
 
 
 def collect(out: Path) -> pd.DataFrame:
-    """One row per run (``OUT/runs/<method>/seed<k>/result.json``), with ``step_time_ratio``."""
-    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/seed*/result.json"))]
-    if not records:
+    """One row per run (``OUT/runs/<cell>/<method>/seed<k>/result.json``), with ``step_time_ratio``: the run's
+    seconds per step over the median of its cell's stock runs."""
+    paths = sorted((out / "runs").glob("*-x*/*/seed*/result.json"))
+    if not paths:
         raise FileNotFoundError(f"no finished runs under {out / 'runs'}")
-    frame = pd.DataFrame(records)
+    frame = pd.DataFrame([{**dict(zip(CELL, split_cell(p.parts[-4]))), **json.loads(p.read_text())}
+                          for p in paths])
     for column in COLUMNS:
         if column not in frame:
             frame[column] = np.nan
-    ok = frame.status == "ok"
-    stock = frame[ok & (frame.method == "stock")].seconds_per_step
-    frame["step_time_ratio"] = frame.seconds_per_step / stock.median() if len(stock) else np.nan
+    frame["schedule"] = frame.schedule.astype(int)
+    stock = frame.seconds_per_step.where((frame.status == "ok") & (frame.method == "stock"))
+    frame["step_time_ratio"] = frame.seconds_per_step / stock.groupby([frame.regime, frame.schedule]).transform(
+        "median")
     extra = sorted(c for c in frame.columns if c not in COLUMNS and c != "resume_from")
-    return frame[COLUMNS + extra].sort_values(["method", "seed"], kind="stable").reset_index(drop=True)
+    rank = {regime: i for i, regime in enumerate(regime_order(frame.regime))}
+    return frame[COLUMNS + extra].sort_values(
+        [*CELL, "method", "seed"], key=lambda c: c.map(rank) if c.name == "regime" else c).reset_index(drop=True)
+
+
+def cell_frames(frame: pd.DataFrame) -> Iterator[Tuple[str, int, pd.DataFrame]]:
+    """``(regime, schedule, rows)`` of each cell, regimes in ``REGIMES`` order, then schedules ascending."""
+    for regime in regime_order(frame.regime):
+        rows = frame[frame.regime == regime]
+        for schedule in sorted(set(rows.schedule)):
+            yield regime, int(schedule), rows[rows.schedule == schedule]
 
 
 def interval(values: Sequence[float]) -> dict:
@@ -50,23 +93,32 @@ def interval(values: Sequence[float]) -> dict:
     return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
 
 
-def paired(frame: pd.DataFrame, method: str, reference: str, metric: str) -> dict:
-    """``interval`` of ``method - reference`` over the seeds both finished."""
+def paired(frame: pd.DataFrame, method: str, reference: str, metric: str,
+           reference_metric: Optional[str] = None) -> dict:
+    """``interval`` of ``method``'s ``metric`` minus ``reference``'s ``reference_metric`` (default: ``metric``)
+    over the seeds both finished; ``frame`` holds one cell's runs."""
     ok = frame[frame.status == "ok"]
     a = ok[ok.method == method].set_index("seed")[metric]
-    b = ok[ok.method == reference].set_index("seed")[metric]
+    b = ok[ok.method == reference].set_index("seed")[reference_metric or metric]
     seeds = a.index.intersection(b.index)
     return interval((a[seeds] - b[seeds]).tolist())
 
 
 def verdict(diff: dict, unit: str = "points") -> str:
     if diff["n"] < 2 or math.isnan(diff["low"]):
-        return "too few seeds to tell"
+        return TOO_FEW
     if diff["low"] > 0:
         return f"higher by {diff['mean']:.2f} {unit}"
     if diff["high"] < 0:
         return f"lower by {-diff['mean']:.2f} {unit}"
     return "not distinguishable"
+
+
+def moved(before: str, after: str) -> str:
+    """``yes`` when two verdicts differ in kind (higher, lower, not distinguishable); ``-`` if one cannot tell."""
+    if TOO_FEW in (before, after):
+        return "-"
+    return "yes" if before.split(" by ")[0] != after.split(" by ")[0] else "no"
 
 
 def fmt_interval(s: dict, digits: int = 2) -> str:
@@ -83,6 +135,11 @@ def fmt_diff(s: dict, digits: int = 2) -> str:
     return f"{s['mean']:+.{digits}f} [{s['low']:+.{digits}f}, {s['high']:+.{digits}f}]"
 
 
+def num(value, digits: int = 2) -> str:
+    """``value`` to ``digits`` decimals, ``-`` when unknown (None or NaN)."""
+    return "-" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -95,7 +152,7 @@ def method_order(frame: pd.DataFrame, methods: Dict[str, str]) -> List[str]:
 
 
 def summary(frame: pd.DataFrame, methods: Dict[str, str]) -> pd.DataFrame:
-    """Per method: runs, and mean/sd/CI of each metric, cost and time."""
+    """Per method of one cell's runs: runs, and mean/sd/CI of each metric, cost and time."""
     ok = frame[frame.status == "ok"]
     rows = []
     for method in method_order(frame, methods):
@@ -110,6 +167,34 @@ def summary(frame: pd.DataFrame, methods: Dict[str, str]) -> pd.DataFrame:
         row["train_seconds"] = runs.train_seconds.median() if len(runs) else math.nan
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+def key_comparisons(frame: pd.DataFrame) -> List[dict]:
+    """One cell's key comparisons of zero-shot top-1: elip minus each of ``KEY_REFERENCES`` present; elip scored
+    pruned minus elip unpruned (same checkpoint) and minus each of ``PRUNED_REFERENCES`` present (pruned against
+    pruned). With the CI half-width, the verdict and the reference's training FLOPs over elip's."""
+    ok = frame[frame.status == "ok"]
+    present = set(ok.method)
+    if KEY_METHOD not in present:
+        return []
+    pairs = [(TOP1, ref, TOP1, KEY_METHOD, ref) for ref in KEY_REFERENCES if ref in present]
+    pairs.append((PRUNED, KEY_METHOD, TOP1, PRUNED_LABEL, UNPRUNED_LABEL))
+    pairs += [(PRUNED, ref, PRUNED, PRUNED_LABEL, ref) for ref in PRUNED_REFERENCES if ref in present]
+    flops = ok.groupby("method").train_gflops_per_image.mean()
+    rows = []
+    for metric, reference, reference_metric, label, reference_label in pairs:
+        d = paired(frame, KEY_METHOD, reference, metric, reference_metric)
+        rows.append({"method": label, "reference": reference_label, "n": d["n"], "mean": d["mean"],
+                     "low": d["low"], "high": d["high"], "half_width": d["high"] - d["mean"], "verdict": verdict(d),
+                     "cost_ratio": flops[reference] / flops[KEY_METHOD]})
+    return rows
+
+
+def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The key comparisons of every cell, one row each (``VERDICT_COLUMNS``)."""
+    return pd.DataFrame([{"regime": regime, "schedule": schedule, **row}
+                         for regime, schedule, rows in cell_frames(frame) for row in key_comparisons(rows)],
+                        columns=VERDICT_COLUMNS)
 
 
 def leak_section(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
@@ -139,11 +224,10 @@ def leak_section(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
 def controls(frame: pd.DataFrame) -> List[str]:
     """The caption questions, answered from the paired differences (zero-shot top-1)."""
     lines, present = [], set(frame[frame.status == "ok"].method)
-    metric = "zeroshot_top1"
 
     def say(method, reference, question):
         if {method, reference} <= present:
-            d = paired(frame, method, reference, metric)
+            d = paired(frame, method, reference, TOP1)
             lines.append(f"- {question} `{method}` minus `{reference}`: {fmt_diff(d)} points zero-shot top-1 "
                          f"({verdict(d)}).")
 
@@ -165,79 +249,181 @@ def controls(frame: pd.DataFrame) -> List[str]:
             overlap = "/".join(f"{runs[c].mean():.1f}" for c in cols)
             lines.append(f"- `{method}` keeps {overlap}% of the same tokens (blocks II onwards) under shuffled "
                          f"captions as under its own: the lower, the more the caption steers the selection.")
+    return lines or ["No caption control ran in this cell."]
+
+
+def cell_settings(settings: dict, regime: str, schedule: int) -> dict:
+    """The settings of one cell (empty when none were saved)."""
+    return settings.get("cells", {}).get(cell_name(regime, schedule), {})
+
+
+def schedule_size(preset: dict) -> Tuple[str, str]:
+    """``epochs x samples per epoch`` and the training steps of ``preset``; ``?`` where it is unknown."""
+    if not {"epochs", "samples_per_epoch", "batch_size"} <= preset.keys():
+        return "?", "?"
+    steps = preset["epochs"] * math.ceil(preset["samples_per_epoch"] / preset["batch_size"])
+    return f"{preset['epochs']} x {preset['samples_per_epoch']}", str(steps)
+
+
+def cells_table(frame: pd.DataFrame, settings: dict) -> str:
+    rows = []
+    for regime, schedule, runs in cell_frames(frame):
+        info = cell_settings(settings, regime, schedule)
+        preset = info.get("preset_values", {})
+        samples, steps = schedule_size(preset)
+        rows.append([regime, f"{schedule}x", info.get("base_model", "?"), info.get("image_size", "?"), samples,
+                     preset.get("batch_size", "?"), steps,
+                     f"`{info.get('eval_dataset', '?')}`: {preset.get('test_samples', '?')} zero-shot, "
+                     f"{preset.get('probe_samples', '?')} probe", ", ".join(str(s) for s in sorted(set(runs.seed)))])
+    return table(["regime", "schedule", "base model", "image px", "samples (epochs x per epoch)", "batch",
+                  "training steps", "evaluation set and samples", "seeds"], rows)
+
+
+def stability(frame: pd.DataFrame) -> List[str]:
+    """Per cell, stock's zero-shot top-1 over seeds and whether it is stable (``STABLE_SD``, ``STABLE_SEEDS``)."""
+    lines, unstable = [], []
+    for regime, schedule, rows in cell_frames(frame):
+        s = interval(rows[(rows.status == "ok") & (rows.method == "stock")][TOP1])
+        stable = s["n"] >= STABLE_SEEDS and s["sd"] <= STABLE_SD
+        if not stable:
+            unstable.append(f"{regime} {schedule}x")
+        lines.append(f"- {regime}, {schedule}x: stock zero-shot top-1 mean {num(s['mean'])}, sd {num(s['sd'])}, "
+                     f"n = {s['n']}; stable: {'yes' if stable else 'no'} ({s['n']} seeds).")
+    lines.append(f"\nStock's sd at most {STABLE_SD:g} points on at least {STABLE_SEEDS} seeds: "
+                 + (f"not met in {', '.join(unstable)}." if unstable else "met in every cell."))
     return lines
 
 
-def report_markdown(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]) -> str:
+def accuracy_table(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
     s = summary(frame, methods)
     stock_flops = s.train_gflops_per_image.get("stock", math.nan)
-    preset = settings["preset_values"]
-    lines = [
-        "# The study: ELIP against the token-reduction choices of OpenCLIP\n",
-        f"Made by `{('python -m open_clip_elip.study ' + settings.get('command_line', '')).rstrip()}`"
-        f"{'' if settings.get('command_line') else ' (the default preset)'} on "
-        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU only, {settings['threads']} thread(s) per run, "
-        f"{settings['jobs']} run(s) at a time.\n",
-        f"Scale: {settings['base_model']} ({settings['image_size']} px), trained by OpenCLIP's own trainer for "
-        f"{preset['epochs']} epochs of {preset['samples_per_epoch']} samples (batch {preset['batch_size']}, lr "
-        f"{settings['lr']}) on `{settings['train_data']}`; evaluated by clip_benchmark on "
-        f"`{settings['eval_dataset']}` (zero-shot, and a linear probe). This is a small model on a small "
-        f"dataset: read the numbers as what holds at this scale, not as a forecast for ViT-B/16 on CC3M.\n",
-        f"Every interval is a 95% confidence interval over seeds (t distribution); differences are paired by "
-        f"seed (same initialisation seed and data order). `stock-matched` trains on "
-        f"{settings['stock_matched_fraction']:.3f}x the samples (elip's training FLOPs); `flip-budget` drops "
-        f"{settings['flip_budget_drop']:.3f} of the patches; `low-res` trains and is evaluated at "
-        f"{settings['low_res_size']} px.\n",
-        "## Accuracy and cost per method\n",
-    ]
     rows = []
     for method, row in s.iterrows():
         get = {m: {k: row[f"{m}_{k}"] for k in ("n", "mean", "sd", "low", "high")} for m in METRICS}
         runs = f"{int(row.runs_ok)}" + (f" ({int(row.runs_failed)} failed)" if row.runs_failed else "")
-        rows.append([f"`{method}`", runs,
-                     fmt_interval(get["zeroshot_top1"]), fmt_interval(get["zeroshot_top5"]),
-                     fmt_interval(get["linear_probe_top1"]),
-                     f"{row.train_gflops_per_image:.4f}", f"{row.train_gflops_per_image / stock_flops:.3f}",
-                     f"{row.step_time_ratio:.2f}", f"{row.train_seconds:.0f}"])
-    lines.append(table(["method", "runs", "zero-shot top-1, mean ± sd [95% CI]", "zero-shot top-5",
-                        "linear probe top-1", "train GFLOPs / image", "x stock", "step time x stock",
-                        "train s (median)"], rows))
-    lines.append("`train GFLOPs / image`: training FLOPs of both towers per image of the full schedule, from the "
-                 "token counts (the benchmark's cost model); step time: the trainer's median seconds per step over "
-                 "stock's, measured with other runs sharing the machine (see the caveats).\n")
-    lines.append("## Paired differences (points)\n")
+        rows.append([f"`{method}`", runs, *(fmt_interval(get[m]) for m in METRICS),
+                     num(row.train_gflops_per_image, 4), num(row.train_gflops_per_image / stock_flops, 3),
+                     num(row.step_time_ratio), num(row.train_seconds, 0)])
+    return table(["method", "runs", "zero-shot top-1, mean ± sd [95% CI]", "zero-shot top-5",
+                  "zero-shot top-1, scored pruned", "linear probe top-1", "train GFLOPs / image", "x stock",
+                  "step time x stock", "train s (median)"], rows)
+
+
+def comparisons_table(rows: List[dict]) -> str:
+    if not rows:
+        return "No `elip` runs in this cell.\n"
+    met = {True: "±2 met", False: "not met"}
+    return table(["comparison", "seeds", "difference, points [95% CI]", "CI half-width",
+                  f"half-width ≤ {HALF_WIDTH_TARGET:g}", "verdict", "cost x elip's"],
+                 [[f"`{r['method']}` minus `{r['reference']}`", r["n"], fmt_diff(r), num(r["half_width"]),
+                   "-" if pd.isna(r["half_width"]) else met[r["half_width"] <= HALF_WIDTH_TARGET], r["verdict"],
+                   num(r["cost_ratio"])] for r in rows])
+
+
+def paired_table(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
     rows = []
-    for method in s.index:
+    for method in method_order(frame, methods):
         cells = [f"`{method}`"]
         for reference in ("stock", "stock-matched"):
-            for metric in ("zeroshot_top1", "linear_probe_top1"):
+            for metric in (TOP1, "linear_probe_top1"):
                 d = paired(frame, method, reference, metric) if method != reference else {"n": 0}
                 cells.append(fmt_diff(d) + (f" ({verdict(d)})" if d["n"] > 1 else ""))
         rows.append(cells)
-    lines.append(table(["method", "zero-shot vs stock", "linear probe vs stock", "zero-shot vs stock-matched",
-                        "linear probe vs stock-matched"], rows))
-    lines.append("## Is ELIP worth it?\n")
-    lines += worth_it(frame, s) + [""]
-    lines.append("## Does the caption matter, and does it leak?\n")
-    lines += controls(frame) + [""]
-    lines.append("The leak diagnostic (`python -m open_clip_elip.leak`) encodes held-out image-caption pairs three "
-                 "ways with the same checkpoint: unguided (as every evaluation does), guided by their own captions, "
-                 "and guided by shuffled captions, and measures in-batch image-to-text retrieval and the contrastive "
-                 "loss. A gap between own and unguided is information about the caption that the token selection "
-                 "passes into the image embedding, plus whatever pruning itself changes (it is there even when the "
-                 "caption plays no part, e.g. `elip-vision-only`); the gap between own and shuffled captions is the "
-                 "caption's own part. Training losses of guided models include both.\n")
-    lines.append(leak_section(frame, methods))
-    lines.append("## Caveats\n")
+    return table(["method", "zero-shot vs stock", "linear probe vs stock", "zero-shot vs stock-matched",
+                  "linear probe vs stock-matched"], rows)
+
+
+def cell_intro(info: dict) -> str:
+    """A cell's data and budgets, from its settings."""
+    if not info:
+        return "No settings were saved for this cell: what follows comes from its runs only.\n"
+    return (f"{info['regime_description']}. Training data `{info['train_data']}`, evaluation "
+            f"`{info['eval_dataset']}`. `stock-matched` trains on {info['stock_matched_fraction']:.3f}x the samples "
+            f"(elip's training FLOPs); `flip-budget` drops {info['flip_budget_drop']:.3f} of the patches; `low-res` "
+            f"trains at {info['low_res_size']} px.\n")
+
+
+def cell_section(regime: str, schedule: int, frame: pd.DataFrame, settings: dict, methods: Dict[str, str]) -> List[str]:
+    """The section of one cell: its setup, accuracy and cost, key comparisons, paired differences, controls."""
+    return [
+        f"## {regime}, {schedule}x schedule\n",
+        cell_intro(cell_settings(settings, regime, schedule)),
+        "### Accuracy and cost per method\n",
+        accuracy_table(frame, methods),
+        "### Is ELIP worth it? Key comparisons (zero-shot top-1)\n",
+        comparisons_table(key_comparisons(frame)),
+        "### Paired differences (points)\n",
+        paired_table(frame, methods),
+        "### Does the caption matter, and does it leak?\n",
+        *controls(frame), "",
+        leak_section(frame, methods),
+    ]
+
+
+def schedule_section(verdicts: pd.DataFrame) -> str:
+    """Each regime's key comparisons at 1x next to those at each longer schedule, and whether the verdict moved."""
+    rows = []
+    for regime, group in verdicts.groupby("regime", sort=False):
+        base = group[group.schedule == 1].set_index(["method", "reference"])
+        for schedule in sorted(set(group.schedule) - {1}):
+            longer = group[group.schedule == schedule].set_index(["method", "reference"])
+            for key in base.index.intersection(longer.index):
+                a, b = base.loc[key], longer.loc[key]
+                rows.append([regime, f"`{key[0]}` minus `{key[1]}`", fmt_diff(a), a.verdict, f"{schedule}x",
+                             fmt_diff(b), b.verdict, moved(a.verdict, b.verdict)])
+    if not rows:
+        return "No regime was run at 1x and at a longer schedule.\n"
+    return table(["regime", "comparison", "1x: difference [95% CI]", "1x: verdict", "longer schedule",
+                  "longer: difference [95% CI]", "longer: verdict", "verdict moved?"], rows)
+
+
+def report_markdown(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]) -> str:
+    command = settings.get("command_line", "")
+    lines = [
+        "# The study: ELIP against the token-reduction choices of OpenCLIP\n",
+        f"Made by `{('python -m open_clip_elip.study ' + command).rstrip()}`"
+        f"{'' if command else ' (the default preset)'} on {time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU "
+        f"only, {settings.get('threads', '?')} thread(s) per run, {settings.get('jobs', '?')} run(s) at a time, lr "
+        f"{settings.get('lr', '?')}; every model trained by OpenCLIP's own trainer and evaluated by clip_benchmark "
+        f"(zero-shot, and a linear probe).\n",
+        "## Cells\n",
+        "A cell is one regime (training and evaluation data) at one schedule (a multiple of the samples):\n",
+        cells_table(frame, settings),
+    ]
+    if settings.get("preview"):
+        lines.append(f"The scenes regime's training canvases, a sample:\n\n![scenes training canvases]"
+                     f"({settings['preview']})\n")
     lines += [
-        "- Scale: one small ViT, one small dataset whose captions are built from ten class names; the paper "
-        "trained ViT-S/16 and ViT-B/16 on millions of web captions. What holds here may not hold there.",
+        "Every interval is a 95% confidence interval over seeds (t distribution); differences are paired by seed "
+        "(same initialisation seed and data order) within a cell. `train GFLOPs / image`: training FLOPs of both "
+        "towers per image of the full schedule, from the token counts (the benchmark's cost model); step time: the "
+        "trainer's median seconds per step over the median of the cell's stock runs, measured with other runs "
+        f"sharing the machine. A key comparison meets the precision target when its CI half-width is at most "
+        f"{HALF_WIDTH_TARGET:g} points; `verdicts.csv` holds them all.\n",
+        "The leak diagnostic (`python -m open_clip_elip.leak`) encodes held-out image-caption pairs three ways with "
+        "the same checkpoint: unguided (as every evaluation does), guided by their own captions, and guided by "
+        "shuffled captions, and measures in-batch image-to-text retrieval and the contrastive loss. A gap between "
+        "own and unguided is information about the caption that the token selection passes into the image "
+        "embedding, plus whatever pruning itself changes (it is there even when the caption plays no part, e.g. "
+        "`elip-vision-only`); the gap between own and shuffled captions is the caption's own part. Training losses "
+        "of guided models include both.\n",
+        "## Stability: stock's spread over seeds\n",
+        *stability(frame), "",
+    ]
+    for regime, schedule, rows in cell_frames(frame):
+        lines += cell_section(regime, schedule, rows, settings, methods)
+    lines += ["## Does a longer schedule move the verdicts?\n", schedule_section(verdict_table(frame))]
+    lines += [
+        "## Caveats\n",
+        "- Scale: small ViTs on small datasets; the paper trained ViT-S/16 and ViT-B/16 on millions of web "
+        "captions. What holds here may not hold there.",
         "- Step times are the trainer's own, measured while other runs (and anything else on the machine) shared "
         "the cores; use them as rough ratios. The benchmark (`python -m open_clip_elip.bench`) measures speed "
         "properly; GFLOPs come from token counts and do not depend on the machine.",
-        "- Evaluation never prunes for the ELIP family (no caption), so their scores are those of the stock model "
-        "with the same weights; `evit` prunes at inference as EViT does; `low-res` is evaluated at its own, lower "
-        "image size (no tuning at full size); patch dropout is off at evaluation.",
+        "- `zero-shot top-1` scores the ELIP family unpruned (no caption at inference: the stock model with the "
+        "same weights); `scored pruned` scores the same checkpoint with token reduction at inference (no caption); "
+        "`evit` and `tome` always reduce, so their two columns agree. `low-res` is evaluated at its own, lower "
+        "image size, `low-res+tune` at the full size; patch dropout is off at evaluation.",
         "- Accuracies are reproducible for a given seed on one machine (fixed threads, seeded data order); other "
         "CPUs or thread counts can change the last digits and, through them, a run's trajectory.",
         "",
@@ -245,51 +431,47 @@ def report_markdown(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]
     failed = frame[frame.status != "ok"]
     if len(failed):
         lines.append("## Failed runs\n")
-        lines.append(table(["method", "seed", "error"], [[r.method, r.seed, str(r.error).splitlines()[0][:200]]
-                                                        for r in failed.itertuples()]))
+        lines.append(table(["regime", "schedule", "method", "seed", "error"],
+                           [[r.regime, f"{r.schedule}x", r.method, r.seed, str(r.error).splitlines()[0][:200]]
+                            for r in failed.itertuples()]))
     lines.append("## Methods\n")
-    lines += [f"- `{m}`: {methods.get(m, '')}" for m in s.index] + [""]
+    lines += [f"- `{m}`: {methods.get(m, '')}" for m in method_order(frame, methods)] + [""]
     return "\n".join(lines)
 
 
-def worth_it(frame: pd.DataFrame, s: pd.DataFrame) -> List[str]:
-    """ELIP against each other method, zero-shot top-1, with their relative costs."""
-    if "elip" not in s.index:
-        return ["No `elip` runs in this study."]
-    lines = []
-    elip_flops = s.train_gflops_per_image["elip"]
-    for method in s.index:
-        if method == "elip":
-            continue
-        d = paired(frame, "elip", method, "zeroshot_top1")
-        cost = s.train_gflops_per_image[method] / elip_flops
-        lines.append(f"- `elip` vs `{method}` ({cost:.2f}x elip's training FLOPs): {fmt_diff(d)} points zero-shot "
-                     f"top-1, elip {verdict(d)}.")
-    return lines
-
-
-def plot_pareto(s: pd.DataFrame, path: Path) -> None:
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_pareto(points: pd.DataFrame, path: Path, title: str) -> None:
+    """Zero-shot top-1 (mean, 95% CI) against training GFLOPs per image, one marker per method and schedule
+    (``points``: ``summary`` rows with a ``schedule`` column; schedules differ by marker fill)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
-    s = s[s.zeroshot_top1_n > 0]
-    span = (s.train_gflops_per_image.max() - s.train_gflops_per_image.min()) or 1.0
-    cost = s.train_gflops_per_image.round(6)
-    rank, count = s.groupby(cost).cumcount(), s.groupby(cost).train_gflops_per_image.transform("size")
+    points = points[points.zeroshot_top1_n > 0].reset_index()
+    schedules = sorted(set(points.schedule))
+    span = (points.train_gflops_per_image.max() - points.train_gflops_per_image.min()) or 1.0
+    cost = points.train_gflops_per_image.round(6)
+    rank, count = points.groupby(cost).cumcount(), points.groupby(cost).train_gflops_per_image.transform("size")
     cmap = plt.get_cmap("tab20")
-    for i, (method, row) in enumerate(s.iterrows()):  # methods of equal cost are spread apart a little
-        x = row.train_gflops_per_image + (rank[method] - (count[method] - 1) / 2) * 0.01 * span
+    colours = {method: cmap(i % 20) for i, method in enumerate(dict.fromkeys(points.method))}
+    for row in points.itertuples():  # points of equal cost are spread apart a little
+        x = row.train_gflops_per_image + (rank[row.Index] - (count[row.Index] - 1) / 2) * 0.01 * span
         err = (row.zeroshot_top1_high - row.zeroshot_top1_mean) if row.zeroshot_top1_n > 1 else 0
-        marker = "o" if method.startswith("elip") else "s" if method.startswith("stock") else "^"
-        ax.errorbar(x, row.zeroshot_top1_mean, yerr=err, fmt=marker, color=cmap(i % 20), capsize=4, label=method,
-                    markersize=7)
+        marker = "o" if row.method.startswith("elip") else "s" if row.method.startswith("stock") else "^"
+        label = row.method if len(schedules) == 1 else f"{row.method} ({row.schedule}x)"
+        ax.errorbar(x, row.zeroshot_top1_mean, yerr=err, fmt=marker, color=colours[row.method], capsize=4,
+                    label=label, markersize=7,
+                    fillstyle=SCHEDULE_FILLS[schedules.index(row.schedule) % len(SCHEDULE_FILLS)])
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="method")
     ax.set_xlabel("training GFLOPs per image (both towers, full schedule); equal costs spread apart")
     ax.set_ylabel("zero-shot top-1 (%), mean and 95% CI over seeds")
-    ax.set_title("Accuracy against training compute")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -297,17 +479,13 @@ def plot_pareto(s: pd.DataFrame, path: Path) -> None:
 
 
 def plot_curves(out: Path, frame: pd.DataFrame, order: Sequence[str], path: Path, smooth: int = 5) -> None:
-    """Training loss against samples seen, mean over seeds (left), and its difference to stock's (right);
-    both smoothed by a running mean over ``smooth`` log points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One cell's training loss against samples seen, mean over seeds (left), and its difference to stock's
+    (right); both smoothed by a running mean over ``smooth`` log points."""
+    plt = pyplot()
     curves = {}  # method -> {seed: curve}
     for method in order:
         for run in frame[(frame.status == "ok") & (frame.method == method)].itertuples():
-            path_csv = out / "runs" / method / f"seed{run.seed}" / "curve.csv"
+            path_csv = out / "runs" / cell_name(run.regime, run.schedule) / method / f"seed{run.seed}" / "curve.csv"
             if path_csv.exists():
                 curves.setdefault(method, {})[run.seed] = pd.read_csv(path_csv).groupby("samples").loss.mean()
     fig, (ax, diff_ax) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=120)
@@ -323,9 +501,10 @@ def plot_curves(out: Path, frame: pd.DataFrame, order: Sequence[str], path: Path
             gaps = [runs[k] - np.interp(runs[k].index, stock[k].index, stock[k].values) for k in seeds]
             gap = pd.concat(gaps, axis=1).mean(axis=1).rolling(smooth, min_periods=1, center=True).mean()
             diff_ax.plot(gap.index, gap.values, style, color=cmap(i % 20), lw=1.2)
+    cell = cell_name(frame.regime.iloc[0], frame.schedule.iloc[0])
     ax.set_xlabel("samples seen")
     ax.set_ylabel("training contrastive loss (trainer's log, mean over seeds)")
-    ax.set_title("Training loss")
+    ax.set_title(f"Training loss, {cell}")
     ax.legend(fontsize=7, ncol=2)
     diff_ax.axhline(0, color="black", lw=0.8)
     diff_ax.set_xlabel("samples seen")
@@ -338,19 +517,30 @@ def plot_curves(out: Path, frame: pd.DataFrame, order: Sequence[str], path: Path
     plt.close(fig)
 
 
+def write_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def write_report(out: Path, settings: dict, methods: Dict[str, str], folder: Optional[Path] = None) -> List[Path]:
-    """Write the four report files into ``folder`` (default ``out``); returns their paths."""
+    """Write the report into ``folder`` (default ``out``): the tables, ``results.md``, one pareto plot per regime,
+    one curves plot per cell and ``settings.json``; returns their paths."""
     folder = Path(folder or out)
     frame = collect(out)
-    paths = [folder / "results.csv", folder / "results.md", folder / "pareto.png", folder / "curves.png"]
-    tmp = folder / "results.csv.tmp"
-    frame.round(4).to_csv(tmp, index=False)
-    tmp.replace(paths[0])
-    tmp = folder / "results.md.tmp"
-    tmp.write_text(report_markdown(frame, settings, methods))
-    tmp.replace(paths[1])
-    s = summary(frame, methods)
-    plot_pareto(s, paths[2])
-    plot_curves(out, frame, method_order(frame, methods), paths[3])
-    (folder / "settings.json").write_text(json.dumps(settings, indent=1, default=str))
-    return paths + [folder / "settings.json"]
+    written = [write_atomic(folder / "results.csv", frame.round(4).to_csv(index=False)),
+               write_atomic(folder / "verdicts.csv", verdict_table(frame).round(4).to_csv(index=False)),
+               write_atomic(folder / "results.md", report_markdown(frame, settings, methods))]
+    cells = list(cell_frames(frame))
+    for regime in regime_order(frame.regime):
+        points = pd.concat([summary(rows, methods).assign(schedule=schedule)
+                            for cell_regime, schedule, rows in cells if cell_regime == regime])
+        written.append(folder / f"pareto_{regime}.png")
+        plot_pareto(points, written[-1], f"Accuracy against training compute, {regime}")
+    for regime, schedule, rows in cells:
+        written.append(folder / f"curves_{cell_name(regime, schedule)}.png")
+        plot_curves(out, rows, method_order(rows, methods), written[-1])
+    written.append(folder / "settings.json")
+    written[-1].write_text(json.dumps(settings, indent=1, default=str))
+    return written

@@ -1,7 +1,8 @@
 """Runs the plan: each run trains with OpenCLIP's own trainer, is scored by clip_benchmark and, for
 ELIP-family checkpoints, by the leak diagnostic, each in its own process with its own log under
 ``OUT/runs/<method>/seed<k>/``. A run with a ``result.json`` of status ``ok`` is never repeated; an unfinished
-or failed one is moved aside (``*.attempt-N``) and started again."""
+or failed one is moved aside (``*.attempt-N``) and started again. Runs live in ``OUT/runs/<cell>/<method>/seed<k>/``
+(``<cell>``: regime and schedule, e.g. ``fashion-x1``)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ import pandas as pd
 
 from ..demo import step_seconds
 from ..evaluate import clip_benchmark_eval
+from ..resize import resize_file
 from .data import StudyData
 from .plan import Preset, Run
 
@@ -29,14 +31,14 @@ LOSS_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?Contrastive_loss:
 
 
 class Runner:
-    """Executes runs of one study: its folder, settings and data."""
+    """Executes runs of one study: its folder, settings, preset (at schedule 1) and data by regime."""
 
-    def __init__(self, out: Path, args: argparse.Namespace, preset: Preset, data: StudyData):
+    def __init__(self, out: Path, args: argparse.Namespace, preset: Preset, data: Dict[str, StudyData]):
         self.out, self.args, self.preset, self.data = out, args, preset, data
         self.lock = threading.Lock()
 
     def folder(self, run: Run) -> Path:
-        return self.out / "runs" / run.method / f"seed{run.seed}"
+        return self.out / "runs" / run.key
 
     def finished(self, run: Run) -> Optional[dict]:
         path = self.folder(run) / "result.json"
@@ -55,7 +57,8 @@ class Runner:
                 attempt += 1
             folder.rename(folder.with_name(f"{folder.name}.attempt-{attempt}"))
         folder.mkdir(parents=True)
-        record = {"method": run.method, "seed": run.seed, "model": run.model, "eval_model": run.eval_model,
+        record = {"method": run.method, "seed": run.seed, "regime": run.regime, "schedule": run.schedule,
+                  "model": run.model, "eval_model": run.eval_model,
                   "trainer_flags": " ".join(run.flags), "train_gflops_per_image": run.train_flops / 1e9}
         started = time.time()
         try:
@@ -64,7 +67,7 @@ class Runner:
             record.update(self.train(run, folder, before))
             checkpoint = record.pop("checkpoint")
             record.update(self.evaluate(run, folder, checkpoint))
-            if run.leak_model and self.data.heldout:
+            if run.leak_model and self.data[run.regime].heldout:
                 record.update(self.leak(run, folder, checkpoint))
             record["status"] = "ok"
         except Exception as exc:  # reported as failed in the table; the other runs go on
@@ -85,15 +88,27 @@ class Runner:
         steps = math.ceil(run.samples_per_epoch / preset.batch_size) * epochs
         command = [
             sys.executable, "-m", "open_clip_train.main", "--model", run.model,
-            "--train-data", self.data.train_data, "--train-num-samples", str(run.samples_per_epoch),
+            "--train-data", self.data[run.regime].train_data, "--train-num-samples", str(run.samples_per_epoch),
             "--dataset-type", "webdataset", "--batch-size", str(preset.batch_size), "--epochs", str(epochs),
             "--lr", str(self.args.lr), "--wd", "0.1", "--warmup", str(max(1, steps // 10)),
             "--precision", "fp32", "--workers", "0", "--device", "cpu", "--seed", str(run.seed),
             "--logs", str(folder / "train"), "--name", run.method, "--log-every-n-steps", str(preset.log_every),
             "--save-frequency", str(max(1, epochs - 1)), *run.flags]
         if run.after:  # continue the earlier run's second-to-last checkpoint: same schedule, last epoch
-            command += ["--resume", before["resume_from"]]
+            command += ["--resume", self.resume_from(run, folder, before)]
         return command
+
+    @staticmethod
+    def resume_from(run: Run, folder: Path, before: dict) -> str:
+        """The earlier run's checkpoint, or a copy resized to this run's image size if it was trained at another
+        (its positional embedding resized as OpenCLIP does: ``open_clip_elip.resize``)."""
+        if not Path(before["resume_from"]).is_file():
+            raise RuntimeError(f"{run.method} continues {run.after}'s checkpoint {before['resume_from']}, which is "
+                               f"gone (a finished run's record without its checkpoint): move "
+                               f"{Path(before['resume_from']).parents[3]} aside to run {run.after} again")
+        if before["image_size"] == run.image_size:
+            return before["resume_from"]
+        return str(resize_file(run.model, Path(before["resume_from"]), folder / "resumed_at_full_size.pt"))
 
     def train(self, run: Run, folder: Path, before: Optional[dict]) -> dict:
         command = self.trainer_command(run, folder, before)
@@ -111,34 +126,42 @@ class Runner:
         curve = loss_curve(out_log.read_text(), run.samples_per_epoch)
         curve.to_csv(folder / "curve.csv", index=False)
         record = {"checkpoint": str(final), "samples_seen": run.samples_per_epoch * self.preset.epochs,
+                  "image_size": run.image_size,
                   "seconds_per_step": step_seconds(out_log), "train_seconds": round(seconds, 1),
                   "resume_from": str(checkpoints / f"epoch_{self.preset.epochs - 1}.pt")}
         if run.after:  # the earlier run's epochs count too
             tune = 1 / self.preset.epochs
             record["train_seconds"] = round(before["train_seconds"] * (1 - tune) + seconds, 1)
             record["seconds_per_step"] = before["seconds_per_step"] * (1 - tune) + record["seconds_per_step"] * tune
-            earlier = pd.read_csv(self.folder(Run(run.after, run.seed, "", "")) / "curve.csv")
+            earlier = pd.read_csv(self.out / "runs" / run.key_of(run.after) / "curve.csv")
             curve = pd.concat([earlier[earlier.epoch < self.preset.epochs - 1], curve])
             curve.to_csv(folder / "curve.csv", index=False)
         return record
 
     def evaluate(self, run: Run, folder: Path, checkpoint: str) -> dict:
-        tasks = {"zeroshot_classification": {"acc1": "zeroshot_top1", "acc5": "zeroshot_top5"}}
+        """clip_benchmark's zero-shot (and linear probe) of the checkpoint as ``eval_model``; zero-shot again as
+        ``pruned_model`` (``zeroshot_top1_pruned``), unless that is the same model."""
+        evaluations = [(run.eval_model, "zeroshot_classification", {"acc1": "zeroshot_top1", "acc5": "zeroshot_top5"})]
         if self.args.probe:
-            tasks["linear_probe"] = {"lp_acc1": "linear_probe_top1"}
-        record = {}
-        for task, metrics in tasks.items():
-            path = clip_benchmark_eval(run.eval_model, checkpoint, self.data.eval_dataset, task, self.data.eval_root,
-                                       folder / "eval" / f"{task}.json", batch_size=256)
+            evaluations.append((run.eval_model, "linear_probe", {"lp_acc1": "linear_probe_top1"}))
+        if run.pruned_model and run.pruned_model != run.eval_model:
+            evaluations.append((run.pruned_model, "zeroshot_classification", {"acc1": "zeroshot_top1_pruned"}))
+        data, record = self.data[run.regime], {}
+        for model, task, metrics in evaluations:
+            name = task if model == run.eval_model else f"{task}_pruned"
+            path = clip_benchmark_eval(model, checkpoint, data.eval_dataset, task, data.eval_root,
+                                       folder / "eval" / f"{name}.json", batch_size=256)
             found = json.loads(path.read_text())["metrics"]
             for metric, column in metrics.items():
                 key = metric if metric in found else metric.removeprefix("lp_")
                 record[column] = round(100 * found[key], 4)
+        if run.pruned_model == run.eval_model:  # it reduces tokens at inference anyway
+            record["zeroshot_top1_pruned"] = record["zeroshot_top1"]
         return record
 
     def leak(self, run: Run, folder: Path, checkpoint: str) -> dict:
         command = [sys.executable, "-m", "open_clip_elip.leak", "--model", run.leak_model, "--pretrained", checkpoint,
-                   "--data", self.data.heldout, "--samples", str(self.preset.leak_samples),
+                   "--data", self.data[run.regime].heldout, "--samples", str(self.preset.leak_samples),
                    "--batch-size", str(self.preset.batch_size), "--seed", str(run.seed), "--out",
                    str(folder / "leak.json")]
         with open(folder / "leak.log", "w") as log:
@@ -174,7 +197,7 @@ class Runner:
                       f"about {estimate / 60:.0f} min left ({time.time() - started:.0f} s so far)", flush=True)
 
         def task(run: Run) -> dict:
-            before = records[f"{run.after}/seed{run.seed}"].result() if run.after else None
+            before = records[run.key_of(run.after)].result() if run.after else None
             record = self.finished(run)
             if record is not None:
                 report(run, record, found=True)

@@ -75,5 +75,6 @@ FAMILY = register_family(Family(
         Variant("elip vision-only", {"prune_without_text": True}, INFERENCE),
         Variant("elip vision-only first_layer", {"prune_without_text": True, "scoring": "first_layer"}, INFERENCE),
     ),
+    pruned_at_inference={"prune_without_text": True},
     description="ELIP (the paper's): text-guided pruning and merging entering blocks II-IV, look-ahead scoring",
 ))

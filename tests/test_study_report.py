@@ -1,0 +1,207 @@
+"""The study's multi-cell report, from synthetic run folders whose numbers are crafted so the right answers are
+known: per-cell step times, key comparisons (checked against scipy's t), stability, schedule moves, the pruned
+column, the plots and failed runs."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from open_clip_elip.study import report
+
+STOCK = [70.0, 71.0, 69.0, 70.5, 69.5]  # sd 0.79 on 5 seeds: stable
+ELIP_GAIN = [1.0, 1.2, 0.8, 1.1, 0.9]  # elip minus stock: higher by 1.00
+ELIP_PRUNING = [0.3, 0.4, 0.2, 0.35, 0.25]  # elip unpruned minus elip scored pruned
+ELIP_OVER_MATCHED = [3.0, 3.5, 2.5, 3.2, 2.8]  # elip minus stock-matched: the crafted pair
+ELIP_OVER_EVIT = [0.5, -0.5, 0.2, -0.2, 0.0]  # not distinguishable
+FASHION_X1 = {  # method -> (zero-shot top-1 per seed, GFLOPs per image, seconds per step per seed)
+    "stock": (STOCK, 1.0, [1.0, 1.2, 0.9, 1.1, 1.0]),
+    "elip": (np.add(STOCK, ELIP_GAIN), 0.7, [0.8] * 5),
+    "stock-matched": (np.add(STOCK, ELIP_GAIN) - ELIP_OVER_MATCHED, 0.7, [1.0] * 5),
+    "evit": (np.add(STOCK, ELIP_GAIN) - ELIP_OVER_EVIT, 0.75, [0.8] * 5),
+    "low-res": (np.add(STOCK, [-5.0, -5.2, -4.8, -5.1, -4.9]), 0.5, [0.5] * 5),
+    "low-res+tune": (np.add(STOCK, [-1.0, -0.5, -1.5, -0.8, -1.2]), 0.6, [0.6] * 5),
+}
+SCENES_X1 = {"stock": ([40.0, 45.0, 50.0], 1.0, [2.0, 2.2, 2.4]),  # sd 5: not stable
+             "elip": ([40.5, 48.0, 48.0], 0.7, [1.1] * 3)}  # elip minus stock: CI half-width far over 2
+FASHION_X4 = {"stock": ([80.0, 80.5, 79.5], 1.0, [4.0, 4.0, 5.0]),
+              "elip": ([79.0, 79.4, 78.6], 0.7, [2.0] * 3)}  # lower by 1.00: the verdict moved from 1x
+METHODS = {m: f"the {m} method" for m in ("stock", "stock-matched", "elip", "evit", "tome", "low-res", "low-res+tune")}
+LEAK = {"leak_top1": 2.0, "leak_top1_own": 30.0, "leak_top1_unguided": 28.0, "leak_top1_shuffled": 27.0,
+        "leak_loss": 0.05, "leak_overlap_own_shuffled_b2": 80.0, "leak_overlap_own_vision_b2": 75.0,
+        "leak_norm_text_term": 1.5, "leak_norm_cls_term": 2.5}
+CELL = {"regime_description": "Fashion-MNIST with captions from class names.", "train_data": "train-{0..5}.tar",
+        "eval_dataset": "wds/fashion", "base_model": "ViT-tiny", "image_size": 32, "stock_matched_fraction": 0.7,
+        "flip_budget_drop": 0.3, "low_res_size": 24}
+
+
+def write_run(out, regime, schedule, method, seed, record):
+    folder = out / "runs" / f"{regime}-x{schedule}" / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"method": method, "seed": seed, **record}))
+    if record["status"] == "ok":
+        pd.DataFrame({"epoch": [0, 0, 1, 1], "samples": [64, 128, 192, 256],
+                      "loss": np.array([4.0, 3.5, 3.2, 3.0]) - 0.01 * seed}).to_csv(folder / "curve.csv", index=False)
+
+
+def write_cell(out, regime, schedule, cell):
+    for method, (top1, gflops, seconds) in cell.items():
+        for seed, (acc, sps) in enumerate(zip(top1, seconds, strict=True)):
+            record = {"regime": regime, "schedule": schedule, "status": "ok", "zeroshot_top1": float(acc),
+                      "zeroshot_top5": float(acc) + 20, "train_gflops_per_image": gflops, "seconds_per_step": sps,
+                      "train_seconds": 100 * sps, "samples_seen": 1000 * schedule}
+            if regime == "fashion" and schedule == 1:
+                record["linear_probe_top1"] = float(acc) + 5
+            if method == "evit":
+                record["zeroshot_top1_pruned"] = float(acc)
+            if method == "elip":
+                record["zeroshot_top1_pruned"] = float(acc) - (ELIP_PRUNING[seed] if schedule == 1 else 0.3)
+                record.update(LEAK if schedule == 1 and regime == "fashion" else {})
+            write_run(out, regime, schedule, method, seed, record)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    write_cell(out, "fashion", 1, FASHION_X1)
+    write_cell(out, "scenes", 1, SCENES_X1)
+    write_cell(out, "fashion", 4, FASHION_X4)
+    # a crashed run; its record names no cell: the folder does
+    write_run(out, "fashion", 1, "tome", 0, {"status": "failed", "error": "boom\nTraceback ..."})
+    preset = {"samples_per_epoch": 3072, "epochs": 10, "batch_size": 128, "train_images": 30000,
+              "test_samples": 10000, "probe_samples": 10000, "seeds": 5, "width": 64}
+    settings = {"command_line": "--jobs 2", "threads": 1, "jobs": 2, "lr": 0.001, "preview": "preview.png",
+                "cells": {"fashion-x1": {**CELL, "regime": "fashion", "schedule": 1, "preset_values": preset},
+                          "fashion-x4": {**CELL, "regime": "fashion", "schedule": 4,
+                                         "preset_values": {**preset, "epochs": 40}}}}  # scenes-x1: none saved
+    written = report.write_report(out, settings, METHODS)
+    return out, written, (out / "results.md").read_text()
+
+
+def section(markdown, *headings):
+    """The text after each heading in turn, up to the next heading of the last one's level."""
+    for heading in headings:
+        markdown = markdown.split(heading + "\n", 1)[1]
+    level = headings[-1].split(" ")[0] + " "
+    return markdown.split("\n" + level, 1)[0]
+
+
+def first_table(text):
+    """The first markdown table in ``text``, one dict per row."""
+    lines = text[text.index("\n|") + 1:].split("\n\n", 1)[0].splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    return [dict(zip(header, [c.strip() for c in line.strip("|").split(" | ")], strict=True)) for line in lines[2:]]
+
+
+def test_results_csv_has_a_row_per_run_and_per_cell_step_times(study):
+    out, _, _ = study
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 6 * 5 + 2 * 3 + 2 * 3 + 1
+    assert list(frame.columns[:5]) == ["regime", "schedule", "method", "seed", "status"]
+    assert list(frame.columns).index("zeroshot_top1_pruned") == list(frame.columns).index("zeroshot_top5") + 1
+    assert list(dict.fromkeys(zip(frame.regime, frame.schedule))) == [("fashion", 1), ("fashion", 4), ("scenes", 1)]
+    stock = frame[frame.method == "stock"].groupby(["regime", "schedule"]).step_time_ratio.median()
+    assert (stock == 1).all() and len(stock) == 3
+    elip = frame[frame.method == "elip"].groupby(["regime", "schedule"]).step_time_ratio.mean()
+    assert elip.to_dict() == pytest.approx({("fashion", 1): 0.8, ("fashion", 4): 0.5, ("scenes", 1): 0.5})
+    failed = frame[frame.status == "failed"].iloc[0]
+    assert (failed.regime, failed.schedule, failed.method) == ("fashion", 1, "tome")
+
+
+def test_verdicts_csv_holds_the_key_comparisons(study):
+    out, _, _ = study
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    assert list(verdicts.columns) == report.VERDICT_COLUMNS
+    fashion = verdicts[(verdicts.regime == "fashion") & (verdicts.schedule == 1)]
+    assert list(zip(fashion.method, fashion.reference)) == [  # tome only failed; low-res is no key reference
+        ("elip", "stock-matched"), ("elip", "low-res+tune"), ("elip", "evit"), ("elip", "stock"),
+        ("elip scored pruned", "elip unpruned"), ("elip scored pruned", "evit")]
+    elip = fashion[fashion.method == "elip"].set_index("reference")
+    row = elip.loc["stock-matched"]
+    diff = np.array(ELIP_OVER_MATCHED)
+    half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    assert row.n == 5 and row["mean"] == pytest.approx(diff.mean(), abs=1e-4)
+    assert (row.low, row.high, row.half_width) == pytest.approx((diff.mean() - half, diff.mean() + half, half),
+                                                                abs=1e-4)
+    assert row.verdict == "higher by 3.00 points" and row.cost_ratio == pytest.approx(1.0)
+    assert elip.verdict["evit"] == "not distinguishable"
+    pruned = fashion[fashion.reference == "elip unpruned"].iloc[0]
+    assert pruned["mean"] == pytest.approx(-np.mean(ELIP_PRUNING), abs=1e-4)
+    assert pruned.verdict.startswith("lower by")
+    scenes = verdicts[(verdicts.regime == "scenes") & (verdicts.method == "elip")].set_index("reference")
+    assert scenes.half_width["stock"] > 2 and scenes.cost_ratio["stock"] == pytest.approx(1 / 0.7, abs=1e-4)
+
+
+def test_stability_section(study):
+    _, _, markdown = study
+    text = section(markdown, "## Stability: stock's spread over seeds")
+    assert "- fashion, 1x: stock zero-shot top-1 mean 70.00, sd 0.79, n = 5; stable: yes (5 seeds)." in text
+    assert "- scenes, 1x: stock zero-shot top-1 mean 45.00, sd 5.00, n = 3; stable: no (3 seeds)." in text
+    assert "- fashion, 4x: stock zero-shot top-1 mean 80.00, sd 0.50, n = 3; stable: no (3 seeds)." in text
+    assert "not met in fashion 4x, scenes 1x." in text
+
+
+def test_cells_are_reported_in_order_with_their_tables(study):
+    _, _, markdown = study
+    starts = [markdown.index(f"## {cell} schedule\n") for cell in ("fashion, 1x", "fashion, 4x", "scenes, 1x")]
+    assert starts == sorted(starts)
+    cells = {(r["regime"], r["schedule"]): r for r in first_table(section(markdown, "## Cells"))}
+    assert cells["fashion", "4x"]["samples (epochs x per epoch)"] == "40 x 3072"
+    assert cells["fashion", "4x"]["training steps"] == "960"
+    assert cells["scenes", "1x"]["base model"] == "?" and cells["scenes", "1x"]["seeds"] == "0, 1, 2"
+    assert "![scenes training canvases](preview.png)" in markdown
+    assert "No settings were saved for this cell" in section(markdown, "## scenes, 1x schedule")
+    key = {r["comparison"]: r for r in first_table(section(markdown, "## fashion, 1x schedule",
+                                                           "### Is ELIP worth it? Key comparisons (zero-shot top-1)"))}
+    assert key["`elip` minus `stock`"]["half-width ≤ 2"] == "±2 met"
+    assert key["`elip` minus `low-res+tune`"]["cost x elip's"] == "0.86"
+    scenes = first_table(section(markdown, "## scenes, 1x schedule", "### Is ELIP worth it? Key comparisons "
+                                                                     "(zero-shot top-1)"))
+    assert scenes[0]["half-width ≤ 2"] == "not met" and scenes[0]["verdict"] == "not distinguishable"
+    assert "leak" in section(markdown, "## fashion, 1x schedule", "### Does the caption matter, and does it leak?")
+
+
+def test_the_pruned_column(study):
+    out, _, markdown = study
+    rows = {r["method"]: r for r in first_table(section(markdown, "## fashion, 1x schedule"))}
+    pruned = pd.read_csv(out / "results.csv").query("regime == 'fashion' and schedule == 1 and method == 'elip'")
+    expected = report.fmt_interval(report.interval(pruned.zeroshot_top1_pruned))
+    assert rows["`elip`"]["zero-shot top-1, scored pruned"] == expected != "-"
+    assert rows["`evit`"]["zero-shot top-1, scored pruned"] == rows["`evit`"]["zero-shot top-1, mean ± sd [95% CI]"]
+    assert rows["`stock`"]["zero-shot top-1, scored pruned"] == "-"
+    assert rows["`tome`"]["runs"] == "0 (1 failed)"
+
+
+def test_the_schedule_section_flags_moved_verdicts(study):
+    _, _, markdown = study
+    rows = {(r["regime"], r["comparison"]): r
+            for r in first_table(section(markdown, "## Does a longer schedule move the verdicts?"))}
+    assert set(rows) == {("fashion", "`elip` minus `stock`"), ("fashion", "`elip scored pruned` minus `elip unpruned`")}
+    moved = rows["fashion", "`elip` minus `stock`"]
+    assert (moved["1x: verdict"], moved["longer: verdict"]) == ("higher by 1.00 points", "lower by 1.00 points")
+    assert moved["longer schedule"] == "4x" and moved["verdict moved?"] == "yes"
+    assert rows["fashion", "`elip scored pruned` minus `elip unpruned`"]["verdict moved?"] == "no"
+
+
+def test_plots_failed_runs_and_written_files(study):
+    out, written, markdown = study
+    assert [p.name for p in written] == [
+        "results.csv", "verdicts.csv", "results.md", "pareto_fashion.png", "pareto_scenes.png",
+        "curves_fashion-x1.png", "curves_fashion-x4.png", "curves_scenes-x1.png", "settings.json"]
+    for path in written:
+        assert path.parent == out and path.exists()
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "pareto.png").exists() and not list(out.glob("*.tmp"))
+    failed = first_table(section(markdown, "## Failed runs"))
+    assert failed == [{"regime": "fashion", "schedule": "1x", "method": "tome", "seed": "0", "error": "boom"}]
+    assert json.loads((out / "settings.json").read_text())["jobs"] == 2
+
+
+def test_no_runs_is_an_error(tmp_path):
+    (tmp_path / "runs" / "stock" / "seed0").mkdir(parents=True)  # the old layout is not read
+    (tmp_path / "runs" / "stock" / "seed0" / "result.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no finished runs"):
+        report.collect(tmp_path)
