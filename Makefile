@@ -39,9 +39,9 @@ demo: install
 bench: install
 	$(PY) -m open_clip_elip.bench
 
-# the study: its cells (regime x schedule), several seeds each, about 5 hours on 2 cores; report in runs/study
+# the study: its cells (regime x schedule), several seeds each; the committed one in docs/study, continued where it stopped
 study: install
-	$(PY) -m open_clip_elip.study
+	$(PY) -m open_clip_elip.study --out docs/study
 
 # on a CUDA machine: ELIP's training speed and memory against stock ViT-B-16, and OpenCLIP's trainer on each
 # (docs/training.md); says so and exits 0 without CUDA. E.g. `make gpu-check GPU_CHECK_ARGS=--quick`

@@ -157,7 +157,8 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     (["--train-data", "x/{0..1}.tar"], "go together"),
     (["--eval-dataset", "wds/x", "--eval-root", "/no/such/root"], "no folder /no/such/root"),
     (["--regimes", "fashion,beach"], "unknown regime(s) ['beach']"),
-    (["--schedules", "3"], "no cell of the default preset has regime None and schedule [3]"),
+    (["--schedules", "3"], "no cell of the default preset matches --regimes (any) --schedules 3; its cells: "
+                          "fashion-x1, scenes-x1, fashion-x4"),
     (["--regimes", "scenes", "--train-data", "x/{0..1}.tar", "--train-num-samples", "9"], "exclude each other"),
 ])
 def test_bad_arguments_are_named(argv, named, capsys):

@@ -81,8 +81,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.cells = [c for c in preset.cells if (regimes is None or c.regime in regimes)
                   and (schedules is None or c.schedule in schedules)]
     if not args.cells:
-        parser.error(f"no cell of the {args.preset} preset has regime {regimes} and schedule {schedules}; its cells: "
-                     + ", ".join(c.name for c in preset.cells))
+        parser.error(f"no cell of the {args.preset} preset matches --regimes {args.regimes or '(any)'} --schedules "
+                     f"{args.schedules or '(any)'}; its cells: " + ", ".join(c.name for c in preset.cells))
     if args.train_data:  # the other data replace the built-in regimes, once per schedule
         args.cells = list({c.schedule: replace(c, regime=CUSTOM) for c in args.cells}.values())
     args.cells = [replace(c, methods=with_earlier(args.methods or c.methods, methods)) for c in args.cells]

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .plan import cell_name
+
 TOP1, PRUNED = "zeroshot_top1", "zeroshot_top1_pruned"
 METRICS = (TOP1, "zeroshot_top5", PRUNED, "linear_probe_top1")
 CELL = ["regime", "schedule"]
@@ -37,10 +39,6 @@ STABLE_SD, STABLE_SEEDS = 2.0, 5  # a cell is stable when stock's sd is at most 
 TOO_FEW = "too few seeds to tell"
 VERDICT_COLUMNS = [*CELL, "method", "reference", "n", "mean", "low", "high", "half_width", "verdict", "cost_ratio"]
 SCHEDULE_FILLS = ("full", "none", "left", "bottom", "right", "top")  # pareto markers, by schedule within a regime
-
-
-def cell_name(regime: str, schedule: int) -> str:
-    return f"{regime}-x{int(schedule)}"
 
 
 def split_cell(name: str) -> Tuple[str, int]:
