@@ -158,7 +158,7 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     (["--eval-dataset", "wds/x", "--eval-root", "/no/such/root"], "no folder /no/such/root"),
     (["--regimes", "fashion,beach"], "unknown regime(s) ['beach']"),
     (["--schedules", "3"], "no cell of the default preset matches --regimes (any) --schedules 3; its cells: "
-                          "fashion-x1, scenes-x1, fashion-x4"),
+                          "fashion-x1, scenes-x4, fashion-x4"),
     (["--regimes", "scenes", "--train-data", "x/{0..1}.tar", "--train-num-samples", "9"], "exclude each other"),
 ])
 def test_bad_arguments_are_named(argv, named, capsys):
@@ -173,12 +173,12 @@ def test_tune_brings_the_run_it_continues():
 
 
 def test_the_preset_cells_are_chosen_by_regime_and_schedule(capsys):
-    assert [c.name for c in study.parse_args([]).cells] == ["fashion-x1", "scenes-x1", "fashion-x4"]
-    assert [c.name for c in study.parse_args(["--schedules", "4"]).cells] == ["fashion-x4"]
-    assert [c.name for c in study.parse_args(["--regimes", "scenes"]).cells] == ["scenes-x1"]
+    assert [c.name for c in study.parse_args([]).cells] == ["fashion-x1", "scenes-x4", "fashion-x4"]
+    assert [c.name for c in study.parse_args(["--schedules", "1"]).cells] == ["fashion-x1"]
+    assert [c.name for c in study.parse_args(["--regimes", "scenes"]).cells] == ["scenes-x4"]
     cells = study.parse_args(["--train-data", "x/{0..1}.tar", "--train-num-samples", "99999"]).cells
     assert [c.name for c in cells] == ["custom-x1", "custom-x4"]  # other data: one regime, each schedule
-    assert study.main(["--list", "--schedules", "4", "--seeds", "7"]) == 0
+    assert study.main(["--list", "--regimes", "fashion", "--schedules", "4", "--seeds", "7"]) == 0
     assert capsys.readouterr().out == "fashion-x4: seeds 7; methods stock,stock-matched,elip,low-res,low-res+tune\n"
 
 
