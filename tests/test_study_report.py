@@ -40,7 +40,8 @@ CELL = {"regime_description": "Fashion-MNIST with captions from class names.", "
 def write_run(out, regime, schedule, method, seed, record):
     folder = out / "runs" / f"{regime}-x{schedule}" / method / f"seed{seed}"
     folder.mkdir(parents=True)
-    (folder / "result.json").write_text(json.dumps({"method": method, "seed": seed, **record}))
+    (folder / "result.json").write_text(json.dumps(  # the fields the runner writes into every record
+        {"method": method, "seed": seed, "regime": regime, "schedule": schedule, **record}))
     if record["status"] == "ok":
         pd.DataFrame({"epoch": [0, 0, 1, 1], "samples": [64, 128, 192, 256],
                       "loss": np.array([4.0, 3.5, 3.2, 3.0]) - 0.01 * seed}).to_csv(folder / "curve.csv", index=False)
@@ -49,7 +50,7 @@ def write_run(out, regime, schedule, method, seed, record):
 def write_cell(out, regime, schedule, cell):
     for method, (top1, gflops, seconds) in cell.items():
         for seed, (acc, sps) in enumerate(zip(top1, seconds, strict=True)):
-            record = {"regime": regime, "schedule": schedule, "status": "ok", "zeroshot_top1": float(acc),
+            record = {"status": "ok", "zeroshot_top1": float(acc),
                       "zeroshot_top5": float(acc) + 20, "train_gflops_per_image": gflops, "seconds_per_step": sps,
                       "train_seconds": 100 * sps, "samples_seen": 1000 * schedule}
             if regime == "fashion" and schedule == 1:
@@ -68,7 +69,7 @@ def study(tmp_path_factory):
     write_cell(out, "fashion", 1, FASHION_X1)
     write_cell(out, "scenes", 1, SCENES_X1)
     write_cell(out, "fashion", 4, FASHION_X4)
-    # a crashed run; its record names no cell: the folder does
+    # a crashed run
     write_run(out, "fashion", 1, "tome", 0, {"status": "failed", "error": "boom\nTraceback ..."})
     preset = {"samples_per_epoch": 3072, "epochs": 10, "batch_size": 128, "train_images": 30000,
               "test_samples": 10000, "probe_samples": 10000, "seeds": 5, "width": 64}
@@ -204,4 +205,12 @@ def test_no_runs_is_an_error(tmp_path):
     (tmp_path / "runs" / "stock" / "seed0").mkdir(parents=True)  # the old layout is not read
     (tmp_path / "runs" / "stock" / "seed0" / "result.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="no finished runs"):
+        report.collect(tmp_path)
+
+
+def test_a_record_without_its_cell_is_a_clear_error(tmp_path):
+    write_run(tmp_path, "fashion", 1, "stock", 0, {"status": "ok"})
+    path = tmp_path / "runs" / "fashion-x1" / "stock" / "seed0" / "result.json"
+    path.write_text(json.dumps({"method": "stock", "seed": 0, "status": "ok"}))
+    with pytest.raises(ValueError, match="lacks regime, schedule"):
         report.collect(tmp_path)

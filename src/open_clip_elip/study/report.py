@@ -41,12 +41,6 @@ VERDICT_COLUMNS = [*CELL, "method", "reference", "n", "mean", "low", "high", "ha
 SCHEDULE_FILLS = ("full", "none", "left", "bottom", "right", "top")  # pareto markers, by schedule within a regime
 
 
-def split_cell(name: str) -> Tuple[str, int]:
-    """``("fashion", 4)`` from ``"fashion-x4"``."""
-    regime, _, schedule = name.rpartition("-x")
-    return regime, int(schedule)
-
-
 def regime_order(regimes: Sequence[str]) -> List[str]:
     present = set(regimes)
     return [r for r in REGIMES if r in present] + sorted(present - set(REGIMES))
@@ -58,8 +52,13 @@ def collect(out: Path) -> pd.DataFrame:
     paths = sorted((out / "runs").glob("*-x*/*/seed*/result.json"))
     if not paths:
         raise FileNotFoundError(f"no finished runs under {out / 'runs'}")
-    frame = pd.DataFrame([{**dict(zip(CELL, split_cell(p.parts[-4]))), **json.loads(p.read_text())}
-                          for p in paths])
+    records = [json.loads(p.read_text()) for p in paths]
+    for path, record in zip(paths, records):
+        missing = [c for c in ("regime", "schedule", "method", "seed") if c not in record]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}: every run record the study writes has them; "
+                             "rerun that run (delete its folder and run the study again) or add the fields")
+    frame = pd.DataFrame(records)
     for column in COLUMNS:
         if column not in frame:
             frame[column] = np.nan
