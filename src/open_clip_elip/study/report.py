@@ -281,11 +281,14 @@ def stability(frame: pd.DataFrame) -> List[str]:
     lines, unstable = [], []
     for regime, schedule, rows in cell_frames(frame):
         s = interval(rows[(rows.status == "ok") & (rows.method == "stock")][TOP1])
-        stable = s["n"] >= STABLE_SEEDS and s["sd"] <= STABLE_SD
-        if not stable:
+        if s["n"] < STABLE_SEEDS:
+            verdict = f"not yet ({s['n']} of {STABLE_SEEDS} seeds)"
+        else:
+            verdict = "yes" if s["sd"] <= STABLE_SD else f"no (sd over {STABLE_SD:g})"
+        if verdict != "yes":
             unstable.append(f"{regime} {schedule}x")
         lines.append(f"- {regime}, {schedule}x: stock zero-shot top-1 mean {num(s['mean'])}, sd {num(s['sd'])}, "
-                     f"n = {s['n']}; stable: {'yes' if stable else 'no'} ({s['n']} seeds).")
+                     f"n = {s['n']}; stable: {verdict}.")
     lines.append(f"\nStock's sd at most {STABLE_SD:g} points on at least {STABLE_SEEDS} seeds: "
                  + (f"not met in {', '.join(unstable)}." if unstable else "met in every cell."))
     return lines
@@ -382,7 +385,7 @@ def report_markdown(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]
         f"{'' if command else ' (the default preset)'} on {time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU "
         f"only, {settings.get('threads', '?')} thread(s) per run, {settings.get('jobs', '?')} run(s) at a time, lr "
         f"{settings.get('lr', '?')}; every model trained by OpenCLIP's own trainer and evaluated by clip_benchmark "
-        f"(zero-shot, and a linear probe).\n",
+        f"({'zero-shot and linear probe' if frame.linear_probe_top1.notna().any() else 'zero-shot'}).\n",
         "## Cells\n",
         "A cell is one regime (training and evaluation data) at one schedule (a multiple of the samples):\n",
         cells_table(frame, settings),
