@@ -26,7 +26,8 @@ from .plan import cell_name
 TOP1, PRUNED = "zeroshot_top1", "zeroshot_top1_pruned"
 METRICS = (TOP1, "zeroshot_top5", PRUNED, "linear_probe_top1")
 CELL = ["regime", "schedule"]
-COLUMNS = [*CELL, "method", "seed", "status", TOP1, "zeroshot_top5", PRUNED, "linear_probe_top1",
+RUN = [*CELL, "method", "seed"]  # what names a run: every record the runner writes has these
+COLUMNS = [*RUN, "status", TOP1, "zeroshot_top5", PRUNED, "linear_probe_top1",
            "train_gflops_per_image", "step_time_ratio", "train_seconds", "seconds_per_step", "samples_seen",
            "model", "eval_model", "trainer_flags", "wall_seconds", "error"]
 REGIMES = ("fashion", "scenes", "custom")  # the report's order; other regimes follow, by name
@@ -54,7 +55,7 @@ def collect(out: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no finished runs under {out / 'runs'}")
     records = [json.loads(p.read_text()) for p in paths]
     for path, record in zip(paths, records):
-        missing = [c for c in ("regime", "schedule", "method", "seed") if c not in record]
+        missing = [c for c in RUN if c not in record]
         if missing:
             raise ValueError(f"{path} lacks {', '.join(missing)}: every run record the study writes has them; "
                              "rerun that run (delete its folder and run the study again) or add the fields")
@@ -69,7 +70,7 @@ def collect(out: Path) -> pd.DataFrame:
     extra = sorted(c for c in frame.columns if c not in COLUMNS and c != "resume_from")
     rank = {regime: i for i, regime in enumerate(regime_order(frame.regime))}
     return frame[COLUMNS + extra].sort_values(
-        [*CELL, "method", "seed"], key=lambda c: c.map(rank) if c.name == "regime" else c).reset_index(drop=True)
+        RUN, key=lambda c: c.map(rank) if c.name == "regime" else c).reset_index(drop=True)
 
 
 def cell_frames(frame: pd.DataFrame) -> Iterator[Tuple[str, int, pd.DataFrame]]:
