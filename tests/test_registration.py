@@ -26,9 +26,10 @@ NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-inf
                                     ".ruff_cache", "runs", "tests")
 
 
-def python(code, executable=sys.executable, pythonpath=None):
-    """Run ``code`` in a fresh interpreter (our environment, ``PYTHONPATH`` replaced); returns the CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONWARNINGS")}
+def python(code, executable=sys.executable, pythonpath=None, **variables):
+    """Run ``code`` in a fresh interpreter (our environment, ``PYTHONPATH`` replaced, ``variables`` added); returns
+    the CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONWARNINGS")} | variables
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run([str(executable), "-c", code], capture_output=True, text=True, env=env, timeout=300)
@@ -76,12 +77,56 @@ def test_a_failing_hook_warns_once_and_open_clip_still_imports(tiny_configs, tmp
     assert result.stderr.count("simulated registration failure") == 1 and "simulated" in warnings[0]
 
 
+def test_a_find_spec_probe_before_the_import_does_not_disarm_the_hook():
+    """Libraries check ``find_spec("open_clip")`` before importing it: the later import must still register."""
+    out = json_out(python(
+        "import importlib.util, json, sys\n"
+        "probes = [importlib.util.find_spec('open_clip') is not None for _ in range(2)]\n"
+        "import open_clip\n"
+        "print(json.dumps({'probes': probes, 'elip': 'ViT-B-16-elip' in open_clip.list_models(),\n"
+        "                  'hooks': [type(f).__name__ for f in sys.meta_path if 'OpenClip' in type(f).__name__]}))",
+        pythonpath=REPO / "src"))
+    assert out == {"probes": [True, True], "elip": True, "hooks": []}  # registered, and the hook is gone
+
+
+@pytest.mark.parametrize("value, registered", [("1", False), ("0", True), ("", True)])
+def test_the_environment_variable_turns_the_hook_off(value, registered):
+    out = json_out(python(
+        "import json, sys, open_clip\n"
+        "before = ['ViT-B-16-elip' in open_clip.list_models(), 'open_clip_elip' in sys.modules]\n"
+        "import open_clip_elip\n"  # an explicit import still registers
+        "print(json.dumps({'before': before, 'after': 'ViT-B-16-elip' in open_clip.list_models()}))",
+        pythonpath=REPO / "src", OPEN_CLIP_ELIP_DISABLE=value))
+    assert out == {"before": [registered, registered], "after": True}
+
+
+def test_the_hook_never_raises_even_with_warnings_as_errors(tmp_path):
+    broken = tmp_path / "open_clip_elip"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('simulated registration failure')\n")
+    result = python("import json, open_clip\nprint(json.dumps('ViT-B-16' in open_clip.list_models()))",
+                    pythonpath=os.pathsep.join([str(tmp_path), str(REPO / "src")]),
+                    PYTHONWARNINGS="error::RuntimeWarning")
+    assert json_out(result) is True
+    assert result.stderr.count("simulated registration failure") == 1, result.stderr
+
+
 # --- install modes: each in a throwaway venv that sees .venv's packages but not its .pth files -------------
 
-@pytest.mark.parametrize("editable", [False, True], ids=["wheel", "editable"])
-def test_install_carries_the_start_up_hook(tmp_path, editable):
+@pytest.mark.parametrize("mode", ["wheel", "sdist", "editable"])
+def test_install_carries_the_start_up_hook_and_the_fixes(tmp_path, mode):
+    """``pip install`` of the tree (a wheel built from it), of an sdist (as ``python -m build`` makes it) and ``-e``;
+    ``make install-check`` does the same with the registry's packages in a venv of its own."""
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=NOT_SOURCE)  # builds write into the source tree: not into ours
+    target = source
+    if mode == "sdist":
+        built = subprocess.run([sys.executable, "-c", "from setuptools import build_meta\n"
+                                "print(build_meta.build_sdist('dist'))"], cwd=source, capture_output=True, text=True)
+        assert built.returncode == 0, built.stderr[-3000:]
+        target = source / "dist" / built.stdout.strip().splitlines()[-1]
+        shutil.rmtree(source / "src")  # the sdist must hold all it needs
+        shutil.rmtree(source / "patches")
     venv = tmp_path / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     venv_python = venv / "bin" / "python"
@@ -93,7 +138,7 @@ def test_install_carries_the_start_up_hook(tmp_path, editable):
 
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv_python), "install", "--no-deps",
                     "--no-build-isolation", "--no-index", "--disable-pip-version-check", "-q",
-                    *(["-e"] if editable else []), str(source)], check=True, capture_output=True)
+                    *(["-e"] if mode == "editable" else []), str(target)], check=True, capture_output=True)
 
     assert (site / "open_clip_elip.pth").is_file()
     out = json_out(python(
@@ -101,7 +146,14 @@ def test_install_carries_the_start_up_hook(tmp_path, editable):
         "print(json.dumps({'names': open_clip.list_models(), 'file': sys.modules['open_clip_elip'].__file__}))",
         venv_python))
     assert ELIP_NAMES <= set(out["names"])
-    assert Path(out["file"]).is_relative_to(source / "src" if editable else site)
+    assert Path(out["file"]).is_relative_to(source / "src" if mode == "editable" else site)
+    patches = sorted(p.name for p in (REPO / "patches").glob("*.patch"))
+    shipped = site / "open_clip_elip" / "_patches"
+    assert sorted(p.name for p in shipped.glob("*")) == ([] if mode == "editable" else patches)
+    status = subprocess.run([str(venv_python), "-m", "open_clip_elip.patches", "status"], capture_output=True,
+                            text=True)  # the outer environment's packages, patched by `make install`
+    assert status.returncode == 0, status.stderr
+    assert [line.split(" (")[0] for line in status.stdout.splitlines()] == [f"applied: {p}" for p in patches]
 
 
 # --- open_clip's factory functions ------------------------------------------------------------------------

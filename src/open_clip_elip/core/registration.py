@@ -24,7 +24,7 @@ from open_clip import factory
 from open_clip import pretrained as open_clip_pretrained
 from open_clip.model import CLIP
 
-from . import registry
+from . import fixes, registry
 from .registry import Family
 from .towers import CREATED_FROM, FamilyCLIP
 
@@ -185,3 +185,4 @@ def register() -> None:
     hub = importlib.import_module("open_clip.push_to_hf_hub")  # `open_clip.push_to_hf_hub` is the function
     if not getattr(hub.save_config_for_hf, "saves_current_options", False):
         hub.save_config_for_hf = save_current_options(hub.save_config_for_hf)
+    fixes.warn_missing()
