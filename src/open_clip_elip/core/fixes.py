@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 COMMAND = "python -m open_clip_elip.patches apply"
 APPLIED, MISSING, CHANGED, OTHER_VERSION, NOT_INSTALLED = "applied", "missing", "changed", "other version", "absent"
-PACKAGE_LINE = re.compile(r"^# Package: *(\S.*?) *$", re.MULTILINE)
+PACKAGE_LINE = re.compile(r"^# Package: *([A-Za-z0-9._-]+) *(\S*) *$", re.MULTILINE)
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
@@ -42,14 +42,15 @@ class Hunk:
 
 @dataclass(frozen=True)
 class Fix:
-    """One patch file: its name, the distribution and versions it is for, and its hunks."""
+    """One patch file: its name, the distribution and the versions it is for, and its hunks."""
     name: str
-    requirement: Requirement
+    distribution: str
+    versions: SpecifierSet
     hunks: tuple
 
     @property
-    def distribution(self) -> str:
-        return self.requirement.name
+    def requirement(self) -> str:
+        return f"{self.distribution}{self.versions}"
 
 
 def patch_dir() -> Path:
@@ -65,9 +66,9 @@ def parse(name: str, text: str) -> Fix:
     match = PACKAGE_LINE.search(text.split("\n--- ")[0])
     if match is None:
         raise FixError(f"{name}: no '# Package: NAME<versions>' header line (e.g. '# Package: clip_benchmark==1.6.2')")
-    requirement = Requirement(match.group(1))
-    if not requirement.specifier:
+    if not match.group(2):
         raise FixError(f"{name}: its '# Package:' line names no versions; say which it was checked on")
+    versions = SpecifierSet(match.group(2))
     lines, hunks, path, i = text.split("\n"), [], None, 0
     while i < len(lines):
         line = lines[i]
@@ -94,7 +95,7 @@ def parse(name: str, text: str) -> Fix:
         i += 1
     if not hunks:
         raise FixError(f"{name}: no hunks")
-    return Fix(name, requirement, tuple(hunks))
+    return Fix(name, match.group(1), versions, tuple(hunks))
 
 
 def load(paths: list[Path] | None = None) -> list[Fix]:
@@ -122,7 +123,7 @@ def status(fix: Fix, path: list[str] | None = None) -> tuple:
     dist = find_distribution(fix.distribution, path)
     if dist is None:
         return NOT_INSTALLED, None
-    if not fix.requirement.specifier.contains(dist.version, prereleases=True):
+    if not fix.versions.contains(dist.version, prereleases=True):
         return OTHER_VERSION, dist
     files = _files(fix, Path(dist.locate_file("")))
     for side, state in (("after", APPLIED), ("before", MISSING)):
