@@ -84,7 +84,7 @@ class CheckFailed(Exception):
 
 def run(*command, ok=True, env=None, cwd=None) -> subprocess.CompletedProcess:
     """Run ``command`` (stdout and stderr captured); raise CheckFailed if ``ok`` and it fails."""
-    print("$", " ".join(map(str, command)), flush=True)
+    print("$", " ".join("<code>" if "\n" in str(c) else str(c) for c in command), flush=True)
     base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONWARNINGS", "VIRTUAL_ENV")}
     result = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=cwd,
                             env={**base, "OMP_NUM_THREADS": "1", **(env or {})})
