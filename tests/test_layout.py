@@ -49,7 +49,7 @@ def test_core_and_families_import_only_what_their_layer_may():
             family = here.split(".")[1]
             for module in imported:
                 assert layer(module) == "core" or module.startswith(f"families.{family}"), (here, module)
-    assert our_imports(PACKAGE / "families" / "evit.py") == {"core.attention", "core.costs", "core.reduce",
+    assert our_imports(PACKAGE / "families" / "evit.py") == {"core.attention", "core.costs", "core.options", "core.reduce",
                                                              "core.registration", "core.registry", "core.towers"}
 
 
