@@ -357,6 +357,33 @@ def test_apply_elip_takes_options_as_keywords(tiny_configs):
     assert model.visual.tokens_per_block() == (65, 34, 18)
 
 
+def test_forward_intermediates_with_captions_is_guided(tiny_configs):
+    """OpenCLIP's ``model.forward_intermediates(image, text)``: the image tower guided by the captions as in
+    ``forward``, each layer's tokens as many as enter it; without captions (and without ``prune_without_text``)
+    OpenCLIP's own, equal to the stock model's."""
+    model = tiny_elip(lam=0.5).eval()
+    image, text = images(3), tokenize(CAPTIONS, context_length=16)
+    with pytest.raises(ValueError, match="ELIP reduces the image tokens.*image_output_fmt='NLC'"):
+        model.forward_intermediates(image, text)
+    out = model.forward_intermediates(image, text, image_output_fmt="NLC", output_logits=True)
+    guide = model.encode_text(text, normalize=True)
+    entering, guided = tokens_entering_layers(model.visual, image, guide)
+    assert entering == per_layer([65, 60, 44, 28], [1, 2, 2, 1])
+    assert [y.shape[1] + 1 for y in out["image_intermediates"]] == entering
+    torch.testing.assert_close(out["image_features"], F.normalize(guided, dim=-1))  # that one without gradient
+    assert torch.equal(out["image_features"], model(image, text)[0])
+    assert torch.equal(out["text_features"], guide)
+    torch.testing.assert_close(out["image_logits"], model.logit_scale.exp() * F.normalize(guided, dim=-1) @ guide.T)
+    unguided = model.forward_intermediates(image)
+    stock_model = create_model(TINY_STOCK, vision_cfg=DEEP_VISION).eval()
+    stock_model.load_state_dict(model.state_dict())
+    stock = stock_model.forward_intermediates(image)
+    assert unguided.keys() == stock.keys()
+    for ours, theirs in zip(unguided["image_intermediates"], stock["image_intermediates"]):
+        assert ours.shape == (3, 64, 8, 8) and torch.equal(ours, theirs)
+    assert torch.equal(unguided["image_features"], stock["image_features"])
+
+
 # --- 7. training features: grad checkpointing, autocast, torch.compile, patch dropout -------------------
 
 def test_bf16_autocast_guided_forward(tiny_configs):
