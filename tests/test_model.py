@@ -468,6 +468,16 @@ def test_bad_options_raise_and_leave_the_model_stock(tiny_configs, options, name
     assert type(model) is CLIP and type(model.visual) is VisionTransformer
 
 
+def test_an_elip_config_checks_its_fields_by_type():
+    with pytest.raises(ValueError, match=r"elip_cfg.merge must be true or false .*; got 'false' \(str\)"):
+        ElipConfig(merge="false")
+    with pytest.raises(ValueError, match=r"elip_cfg.layout must be .*; got \[1, 0\] \(item 1: 0\)"):
+        ElipConfig(layout=[1, 0])
+    config = ElipConfig(lam=1, keep_ratios=[1, 0.5], layout=[2, 2])
+    assert (config.lam, config.keep_ratios, config.layout) == (1.0, (1.0, 0.5), (2, 2))
+    assert type(config.lam) is float and type(config.keep_ratios[0]) is float
+
+
 def test_bad_options_in_a_model_config_raise_at_construction(tiny_configs):
     with pytest.raises(ValueError, match="scoring"):
         tiny_elip(scoring="topk")
