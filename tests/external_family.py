@@ -4,15 +4,24 @@ from typing import Optional
 
 import torch
 from open_clip.model import CLIP
-from open_clip.transformer import VisionTransformer
 
 from open_clip_elip import Family, FamilyCLIP, register_family
 from open_clip_elip.core.costs import TowerCost, predict_plain
+from open_clip_elip.core.options import Count, Default
 from open_clip_elip.core.registry import REDUCES
-from open_clip_elip.core.towers import check_prunable, pool_and_project, run_layer, swap_class
+from open_clip_elip.core.towers import (
+    FamilyVisionTransformer,
+    apply_options,
+    check_prunable,
+    pool_and_project,
+    run_layer,
+    swap_class,
+)
 
 
-class StrideVisionTransformer(VisionTransformer):
+class StrideVisionTransformer(FamilyVisionTransformer):
+    family_title = "stride"
+
     def init_stride(self, layer: Optional[int] = None) -> None:
         check_prunable(self, "stride")
         depth = len(self.transformer.resblocks)
@@ -37,19 +46,22 @@ class StrideVisionTransformer(VisionTransformer):
 
 class StrideCLIP(FamilyCLIP):
     config_block = "stride_cfg"
+    option_spec = {"layer": Default(Count())}
 
     def __init__(self, *args, stride_cfg: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
+        options = self.check_options(stride_cfg)
         visual = self.visual
-        swap_class(visual, StrideVisionTransformer, lambda: visual.init_stride(**(stride_cfg or {})))
+        swap_class(visual, StrideVisionTransformer, lambda: visual.init_stride(**options))
 
     def options(self) -> dict:
         return {"layer": self.visual.stride_layer}
 
 
-def apply_stride(model: CLIP, layer: Optional[int] = None) -> StrideCLIP:
+def apply_stride(model: CLIP, stride_cfg: Optional[dict] = None, **options) -> StrideCLIP:
+    options = apply_options(model, StrideCLIP, stride_cfg, options)
     visual = model.visual
-    swap_class(visual, StrideVisionTransformer, lambda: visual.init_stride(layer))
+    swap_class(visual, StrideVisionTransformer, lambda: visual.init_stride(**options))
     model.__class__ = StrideCLIP
     return model
 

@@ -357,6 +357,33 @@ def test_apply_elip_takes_options_as_keywords(tiny_configs):
     assert model.visual.tokens_per_block() == (65, 34, 18)
 
 
+def test_forward_intermediates_with_captions_is_guided(tiny_configs):
+    """OpenCLIP's ``model.forward_intermediates(image, text)``: the image tower guided by the captions as in
+    ``forward``, each layer's tokens as many as enter it; without captions (and without ``prune_without_text``)
+    OpenCLIP's own, equal to the stock model's."""
+    model = tiny_elip(lam=0.5).eval()
+    image, text = images(3), tokenize(CAPTIONS, context_length=16)
+    with pytest.raises(ValueError, match="ELIP reduces the image tokens.*image_output_fmt='NLC'"):
+        model.forward_intermediates(image, text)
+    out = model.forward_intermediates(image, text, image_output_fmt="NLC", output_logits=True)
+    guide = model.encode_text(text, normalize=True)
+    entering, guided = tokens_entering_layers(model.visual, image, guide)
+    assert entering == per_layer([65, 60, 44, 28], [1, 2, 2, 1])
+    assert [y.shape[1] + 1 for y in out["image_intermediates"]] == entering
+    torch.testing.assert_close(out["image_features"], F.normalize(guided, dim=-1))  # that one without gradient
+    assert torch.equal(out["image_features"], model(image, text)[0])
+    assert torch.equal(out["text_features"], guide)
+    torch.testing.assert_close(out["image_logits"], model.logit_scale.exp() * F.normalize(guided, dim=-1) @ guide.T)
+    unguided = model.forward_intermediates(image)
+    stock_model = create_model(TINY_STOCK, vision_cfg=DEEP_VISION).eval()
+    stock_model.load_state_dict(model.state_dict())
+    stock = stock_model.forward_intermediates(image)
+    assert unguided.keys() == stock.keys()
+    for ours, theirs in zip(unguided["image_intermediates"], stock["image_intermediates"]):
+        assert ours.shape == (3, 64, 8, 8) and torch.equal(ours, theirs)
+    assert torch.equal(unguided["image_features"], stock["image_features"])
+
+
 # --- 7. training features: grad checkpointing, autocast, torch.compile, patch dropout -------------------
 
 def test_bf16_autocast_guided_forward(tiny_configs):
@@ -439,6 +466,16 @@ def test_bad_options_raise_and_leave_the_model_stock(tiny_configs, options, name
     with pytest.raises(ValueError, match=named):
         apply_elip(model, elip_cfg={"layout": [1, 1, 1, 1], "keep_ratios": TINY_RATIOS, **options})
     assert type(model) is CLIP and type(model.visual) is VisionTransformer
+
+
+def test_an_elip_config_checks_its_fields_by_type():
+    with pytest.raises(ValueError, match=r"elip_cfg.merge must be true or false .*; got 'false' \(str\)"):
+        ElipConfig(merge="false")
+    with pytest.raises(ValueError, match=r"elip_cfg.layout must be .*; got \[1, 0\] \(item 1: 0\)"):
+        ElipConfig(layout=[1, 0])
+    config = ElipConfig(lam=1, keep_ratios=[1, 0.5], layout=[2, 2])
+    assert (config.lam, config.keep_ratios, config.layout) == (1.0, (1.0, 0.5), (2, 2))
+    assert type(config.lam) is float and type(config.keep_ratios[0]) is float
 
 
 def test_bad_options_in_a_model_config_raise_at_construction(tiny_configs):

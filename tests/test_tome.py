@@ -298,15 +298,15 @@ def test_compiles_without_graph_breaks():
 # --- options --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options, named", [
-    ({"r": -1}, "r must be a non-negative int"),
-    ({"r": 1.5}, "r must be a non-negative int"),
-    ({"r": True}, "r must be a non-negative int"),
-    ({"r": "8"}, "r must be a non-negative int"),
+    ({"r": -1}, r"tome_cfg.r must be an integer >= 0, or a list, each item an integer >= 0.*; got -1 \(int\)"),
+    ({"r": 1.5}, r"tome_cfg.r must be an integer >= 0.*; got 1.5"),
+    ({"r": True}, r"tome_cfg.r must be an integer >= 0.*; got True \(bool\)"),
+    ({"r": "8"}, r"tome_cfg.r must be an integer >= 0.*; got '8' \(str\)"),
     ({"r": [1, 2]}, "r has 2 entries for a 4-layer tower"),
-    ({"r": [1, -2, 0, 0]}, "r must be"),
-    ({"r": [1, 2.0, 0, 0]}, "r must be"),
-    ({"prop_attn": "yes"}, "prop_attn"),
-    ({"prop_attn": 1}, "prop_attn"),
+    ({"r": [1, -2, 0, 0]}, r"tome_cfg.r must be .*; got \[1, -2, 0, 0\]"),
+    ({"r": [1, 2.0, 0, 0]}, r"tome_cfg.r must be .*; got \[1, 2.0, 0, 0\]"),
+    ({"prop_attn": "yes"}, r"tome_cfg.prop_attn must be true or false.*; got 'yes' \(str\)"),
+    ({"prop_attn": 1}, r"tome_cfg.prop_attn must be true or false.*; got 1 \(int\)"),
     ({"ratio": 0.7}, r"unknown option\(s\) \['ratio'\]"),
 ])
 def test_bad_options_raise_and_leave_the_model_as_it_was(options, named):

@@ -1,18 +1,26 @@
 """What every family's image tower shares: the class swap with rollback, the prunable-tower check, a layer run
-with OpenCLIP's activation checkpointing, the stock pooling tail, and ``FamilyCLIP``, the base of the families'
-model classes. Like ToMe's ``apply_patch``, a family swaps the class of an existing module: no parameter is
-added, copied or renamed, so state dicts stay those of the stock model."""
+with OpenCLIP's activation checkpointing, the stock pooling tail, ``FamilyVisionTransformer`` (the base of the
+families' towers: ``forward_intermediates`` that follows the family's forward) and ``FamilyCLIP``, the base of
+the families' model classes, with ``apply_options``, the merge rule of every ``apply_<family>``. Like ToMe's
+``apply_patch``, a family swaps the class of an existing module: no parameter is added, copied or renamed, so
+state dicts stay those of the stock model."""
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Callable, Type, TypeVar
+import functools
+from typing import Callable, List, Mapping, Optional, Type, TypeVar, Union
 
 import torch
 from open_clip.model import CLIP
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from open_clip.utils import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from .options import Spec, check_options
+
 CREATED_FROM = "_open_clip_model_cfg"  # the config create_model built a model from (registration.build_clip)
+LAYER_OUTPUTS = "_family_layer_outputs"  # while set on a tower, run_layer appends each layer's output tokens
 Module = TypeVar("Module", bound=torch.nn.Module)
 
 
@@ -53,10 +61,28 @@ def check_prunable(visual: VisionTransformer, method: str) -> None:
 
 def run_layer(visual: VisionTransformer, layer: Callable, *inputs):
     """``layer(*inputs)``, through activation checkpointing when the tower's ``grad_checkpointing`` is on
-    (``model.set_grad_checkpointing()``, the trainer's ``--grad-checkpointing``), as OpenCLIP's own loop does."""
+    (``model.set_grad_checkpointing()``, the trainer's ``--grad-checkpointing``), as OpenCLIP's own loop does.
+    A family's forward runs each of its layers once through here; ``layer`` returns the tokens, or a tuple whose
+    first item is the tokens. Under ``FamilyVisionTransformer.forward_intermediates`` the tokens are recorded."""
     if visual.transformer.grad_checkpointing and not torch.jit.is_scripting():
-        return checkpoint(layer, *inputs, use_reentrant=False)
-    return layer(*inputs)
+        out = checkpoint(layer, *inputs, use_reentrant=False)
+    else:
+        out = layer(*inputs)
+    recorded = getattr(visual, LAYER_OUTPUTS, None)
+    if recorded is not None:
+        recorded.append(out[0] if isinstance(out, tuple) else out)
+    return out
+
+
+@contextlib.contextmanager
+def recording_layers(visual: VisionTransformer):
+    """A list that collects the output tokens of every ``run_layer`` call of ``visual`` inside the block."""
+    recorded: List[torch.Tensor] = []
+    setattr(visual, LAYER_OUTPUTS, recorded)
+    try:
+        yield recorded
+    finally:
+        delattr(visual, LAYER_OUTPUTS)
 
 
 def pool_and_project(visual: VisionTransformer, x: torch.Tensor):
@@ -67,15 +93,104 @@ def pool_and_project(visual: VisionTransformer, x: torch.Tensor):
     return (pooled, tokens) if visual.output_tokens else pooled
 
 
+class FamilyVisionTransformer(VisionTransformer):
+    """The base of the families' image towers. ``forward_intermediates`` (OpenCLIP's, which
+    ``CLIP.forward_intermediates`` calls) runs the family's own forward wherever ``reduces`` says it reduces
+    tokens, and OpenCLIP's stock one elsewhere (where the output equals the stock model's)."""
+
+    family_title: str = ""  # the family in messages: "EViT"
+
+    def reduces(self, **inputs) -> bool:
+        """Whether ``forward(x, **inputs)`` reduces tokens (it does, unless a family says otherwise)."""
+        return True
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            stop_early: bool = False,
+            normalize_intermediates: bool = False,
+            intermediates_only: bool = False,
+            output_fmt: str = "NCHW",
+            output_extra_tokens: bool = False,
+            **inputs,
+    ) -> dict:
+        """OpenCLIP's ``VisionTransformer.forward_intermediates``, through the family's forward when it reduces
+        tokens: the output tokens of the layers ``indices`` picks (``B x N x W``, ``N`` as the family leaves it;
+        the CLS token apart, in ``image_intermediates_prefix``) and ``image_features``, the forward's own output.
+        Reduced tokens lie on no patch grid, so ``output_fmt`` must be ``'NLC'`` there; ``stop_early`` then saves
+        nothing (the whole forward runs). ``inputs`` go to the forward (ELIP: ``text_features``)."""
+        if not self.reduces(**inputs):
+            return super().forward_intermediates(
+                x, indices=indices, stop_early=stop_early, normalize_intermediates=normalize_intermediates,
+                intermediates_only=intermediates_only, output_fmt=output_fmt, output_extra_tokens=output_extra_tokens)
+        if output_fmt != "NLC":
+            raise ValueError(
+                f"{self.family_title} reduces the image tokens, so its intermediates lie on no patch grid and "
+                f"output_fmt {output_fmt!r} cannot hold them: pass output_fmt='NLC' (in model.forward_intermediates: "
+                "image_output_fmt='NLC') for each layer's B x N x W tokens, N as the family leaves it")
+        depth = len(self.transformer.resblocks)
+        take, _ = feature_take_indices(depth, indices)
+        with recording_layers(self) as recorded:
+            features = self(x, **inputs)
+        if len(recorded) != depth:
+            raise RuntimeError(f"{type(self).__name__}: its forward ran {len(recorded)} layers through "
+                               f"core.towers.run_layer, not the tower's {depth}; run each layer once through it")
+        taken = [recorded[i] for i in take]
+        if normalize_intermediates:
+            taken = [self.ln_post(y) for y in taken]
+        output = {"image_intermediates": [y[:, 1:] for y in taken]}
+        if output_extra_tokens:
+            output["image_intermediates_prefix"] = [y[:, :1] for y in taken]
+        if not intermediates_only:
+            output["image_features"] = features[0] if self.output_tokens else features
+        return output
+
+
 class FamilyCLIP(CLIP):
-    """What the model classes of the families share: the config block that selects them, their current
-    options, and the model config that rebuilds them."""
+    """What the model classes of the families share: the config block that selects them, their options' spec
+    (``core.options``), their current options, the model config that rebuilds them, and
+    ``forward_intermediates`` through the family's image tower."""
 
     config_block: str = ""
+    option_spec: Optional[Spec] = None  # name -> kind; None: the family checks its options itself
+
+    @classmethod
+    def check_options(cls, options: Optional[Mapping]) -> dict:
+        """``options`` (a config block, or None) checked against ``option_spec``; see ``core.options``."""
+        options = dict(options or {})
+        return options if cls.option_spec is None else check_options(cls.config_block, cls.option_spec, options)
 
     def options(self) -> dict:
         """Every current option, as a JSON-ready ``config_block``."""
         raise NotImplementedError
+
+    def image_inputs(self, text: torch.Tensor) -> dict:
+        """What the image tower's forward takes from the captions ``text`` besides the images (ELIP:
+        ``text_features``); nothing by default."""
+        return {}
+
+    def forward_intermediates(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
+                              *args, **kwargs) -> dict:
+        """OpenCLIP's ``CLIP.forward_intermediates``; the image part comes from the family's tower
+        (``FamilyVisionTransformer.forward_intermediates``), given what it takes from ``text`` (``image_inputs``:
+        the text tower then runs twice)."""
+        if image is None:
+            return super().forward_intermediates(image, text, *args, **kwargs)
+        visual = self.visual
+        if not isinstance(visual, FamilyVisionTransformer):
+            raise TypeError(
+                f"{type(self).__name__}.forward_intermediates: its image tower {type(visual).__name__} does not "
+                "say how it reduces tokens (OpenCLIP's would return stock features): derive it from "
+                "open_clip_elip.core.towers.FamilyVisionTransformer")
+        inputs = self.image_inputs(text) if text is not None else {}
+        if not inputs:
+            return super().forward_intermediates(image, text, *args, **kwargs)
+        visual.forward_intermediates = functools.partial(type(visual).forward_intermediates, visual, **inputs)
+        try:
+            return super().forward_intermediates(image, text, *args, **kwargs)
+        finally:
+            del visual.forward_intermediates
 
     def model_config(self) -> dict:
         """This model's OpenCLIP model config as it is now: the config ``create_model`` built it from,
@@ -89,3 +204,14 @@ class FamilyCLIP(CLIP):
                 "its model config is unknown; create it with open_clip.create_model(name, ...), or save "
                 f"open_clip.get_model_config(name) with its '{self.config_block}' set to {self.options()}")
         return {**copy.deepcopy(created_from), self.config_block: self.options()}
+
+
+def apply_options(model: CLIP, model_class: Type[FamilyCLIP], cfg: Optional[Mapping], options: Mapping) -> dict:
+    """The options ``apply_<family>(model, <family>_cfg=None, **options)`` converts ``model`` with: ``cfg`` and
+    ``options`` together (``options`` win), over the model's current ones if it has the family already (so they
+    change only what they name). TypeError unless ``model`` is a stock ``CLIP`` or a ``model_class``."""
+    if type(model) not in (CLIP, model_class):
+        raise TypeError(f"apply_{model_class.config_block.removesuffix('_cfg')} takes an open_clip CLIP model (as "
+                        f"create_model('ViT-B-16') returns), got {type(model).__name__}")
+    given = model_class.check_options({**dict(cfg or {}), **options})
+    return {**model.options(), **given} if type(model) is model_class else given

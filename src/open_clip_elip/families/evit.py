@@ -6,7 +6,7 @@ CLS query's attention of that same attention (averaged over heads) keeps the top
 sum weighted by that attention (not renormalised, and with gradient, as in EViT's code);
 then the layer's MLP runs on the reduced set. The fused token is an ordinary token later.
 Like every family, ``apply_evit`` swaps the class of an existing tower: no parameter changes;
-``EvitCLIP`` is the model class of the ``-evit`` configs.
+``EvitCLIP`` is the model class of the ``-evit`` configs (block ``evit_cfg``, checked against ``EVIT_OPTIONS``).
 Kept tokens stay in their original order (EViT orders them by score; the outputs are the same).
 """
 from __future__ import annotations
@@ -16,15 +16,18 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from open_clip.model import CLIP
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from open_clip.transformer import ResidualAttentionBlock
 
 from ..core.attention import attend, cls_probs, qkv
 from ..core.costs import TowerCost
+from ..core.options import Boolean, Count, Default, ListOf, Ratio
 from ..core.reduce import select_tokens, take_tokens, weighted_token
 from ..core.registration import register_family
 from ..core.registry import REDUCES, Family
 from ..core.towers import (
     FamilyCLIP,
+    FamilyVisionTransformer,
+    apply_options,
     check_prunable,
     check_vision_transformer,
     pool_and_project,
@@ -34,7 +37,7 @@ from ..core.towers import (
 
 EVIT_KEEP_RATE = 0.7
 EVIT_LAYERS_OF_12 = (3, 6, 9)  # 0-based: EViT's default pruning locations in a 12-layer ViT
-OPTIONS = ("keep_rate", "prune_layers", "fuse")
+EVIT_OPTIONS = {"keep_rate": Ratio(), "prune_layers": Default(ListOf(Count())), "fuse": Boolean()}
 
 
 def evit_prune_layers(depth: int) -> Tuple[int, ...]:
@@ -67,16 +70,16 @@ def evit_layer(block: ResidualAttentionBlock, x: torch.Tensor, keep_rate: float,
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-class EvitVisionTransformer(VisionTransformer):
+class EvitVisionTransformer(FamilyVisionTransformer):
     """OpenCLIP ViT image tower with EViT's token pruning (always on: training and inference)."""
+
+    family_title = "EViT"
 
     def init_evit(self, keep_rate: float = EVIT_KEEP_RATE, prune_layers: Optional[Sequence[int]] = None,
                   fuse: bool = True) -> None:
-        """Check the options against this tower and store them."""
+        """Check the options (of ``EVIT_OPTIONS``' kinds) against this tower and store them."""
         check_prunable(self, "EViT")
         blocks = self.transformer.resblocks
-        if not 0.0 < keep_rate <= 1.0:
-            raise ValueError(f"EViT keep_rate must lie in (0, 1], got {keep_rate}")
         layers = evit_prune_layers(len(blocks)) if prune_layers is None else tuple(sorted(prune_layers))
         if any(not 0 <= i < len(blocks) for i in layers):
             raise ValueError(f"EViT prune_layers {list(layers)} must be 0-based layer indices below {len(blocks)}")
@@ -105,22 +108,20 @@ class EvitVisionTransformer(VisionTransformer):
         return pool_and_project(self, x)
 
 
-def apply_evit(model: CLIP, keep_rate: float = EVIT_KEEP_RATE, prune_layers: Optional[Sequence[int]] = None,
-               fuse: bool = True) -> "EvitCLIP":
-    """Turn a stock OpenCLIP ViT ``CLIP`` into an ``EvitCLIP``, in place (state dict unchanged); a rejected
-    option leaves the model as it was."""
-    if type(model) not in (CLIP, EvitCLIP):
-        raise TypeError(f"apply_evit takes an open_clip CLIP model (as create_model('ViT-B-16') returns), "
-                        f"got {type(model).__name__}")
-    _convert_visual(model.visual, {"keep_rate": keep_rate, "prune_layers": prune_layers, "fuse": fuse})
+def apply_evit(model: CLIP, evit_cfg: Optional[dict] = None, **options) -> "EvitCLIP":
+    """Turn a stock OpenCLIP ViT ``CLIP`` into an ``EvitCLIP``, in place (state dict unchanged).
+
+    ``evit_cfg`` and ``options`` are ``keep_rate``, ``prune_layers`` and ``fuse``, e.g.
+    ``apply_evit(model, keep_rate=0.5)``. On a model that has EViT already, they change only the options they
+    name. A rejected option leaves the model as it was."""
+    options = apply_options(model, EvitCLIP, evit_cfg, options)  # TypeError unless a CLIP
+    _convert_visual(model.visual, options)
     model.__class__ = EvitCLIP
     return model
 
 
 def _convert_visual(visual, options: dict) -> None:
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"evit_cfg: unknown option(s) {unknown}; accepted options are {list(OPTIONS)}")
+    """Make ``visual`` an EViT tower with ``options`` (checked against ``EVIT_OPTIONS`` already)."""
     check_vision_transformer(visual, "EViT")
     swap_class(visual, EvitVisionTransformer, lambda: visual.init_evit(**options))
 
@@ -130,10 +131,11 @@ class EvitCLIP(FamilyCLIP):
     ``keep_rate``, ``prune_layers``, ``fuse``); parameters and state dict are the stock model's."""
 
     config_block = "evit_cfg"
+    option_spec = EVIT_OPTIONS
 
     def __init__(self, *args, evit_cfg: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        _convert_visual(self.visual, dict(evit_cfg or {}))
+        _convert_visual(self.visual, self.check_options(evit_cfg))
 
     def options(self) -> dict:
         """Every option of the EViT tower as a JSON-ready ``evit_cfg`` block."""

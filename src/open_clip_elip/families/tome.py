@@ -22,12 +22,21 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from ..core.attention import attend, qkv
 from ..core.costs import TowerCost
+from ..core.options import AnyOf, Boolean, Count, Default, ListOf
 from ..core.registration import register_family
 from ..core.registry import REDUCES, Family
-from ..core.towers import FamilyCLIP, check_prunable, pool_and_project, run_layer, swap_class
+from ..core.towers import (
+    FamilyCLIP,
+    FamilyVisionTransformer,
+    apply_options,
+    check_prunable,
+    pool_and_project,
+    run_layer,
+    swap_class,
+)
 
 TOME_TARGET = 0.72  # default r: the token-layer ratio closest to ELIP's budget (0.716x of stock on ViT-B/16)
-TOME_OPTIONS = ("r", "prop_attn")
+TOME_OPTIONS = {"r": Default(AnyOf((Count(), ListOf(Count())))), "prop_attn": Boolean()}
 Merge = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -120,34 +129,29 @@ def tome_layer(block: ResidualAttentionBlock, x: torch.Tensor, size: Optional[to
 
 
 def tome_layer_rs(r: Union[int, Sequence[int]], depth: int) -> Tuple[int, ...]:
-    """``r`` as one count per layer; ValueError naming the fix when it is not a count or ``depth`` counts."""
-    def is_count(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    if is_count(r):
+    """``r`` (a count, or one count per layer) as one count per layer; ValueError naming the fix when a list does
+    not have ``depth`` counts."""
+    if isinstance(r, int):
         return (r,) * depth
-    if isinstance(r, (list, tuple)):
-        if len(r) != depth:
-            raise ValueError(f"tome_cfg r has {len(r)} entries for a {depth}-layer tower: give one per layer, "
-                             "or a single int for every layer")
-        if all(is_count(value) for value in r):
-            return tuple(r)
-    raise ValueError(f"tome_cfg r must be a non-negative int (tokens merged in each layer) or a list of {depth} "
-                     f"such ints, one per layer; got {r!r}")
+    if len(r) != depth:
+        raise ValueError(f"tome_cfg.r has {len(r)} entries for a {depth}-layer tower: give one per layer, "
+                         "or a single int for every layer")
+    return tuple(r)
 
 
-class TomeVisionTransformer(VisionTransformer):
+class TomeVisionTransformer(FamilyVisionTransformer):
     """OpenCLIP ViT image tower with ToMe's token merging (always on: training and inference)."""
 
+    family_title = "ToMe"
+
     def init_tome(self, r: Union[int, Sequence[int], None] = None, prop_attn: bool = False) -> None:
-        """Check the options against this tower and store them (nothing is stored if one is refused)."""
+        """Check the options (of ``TOME_OPTIONS``' kinds) against this tower and store them (nothing is stored if
+        one is refused)."""
         check_prunable(self, "ToMe")
         depth = len(self.transformer.resblocks)
         if r is None:
             r = tome_default_r(self.grid_size[0] * self.grid_size[1] + 1, depth)
         rs = tome_layer_rs(r, depth)
-        if not isinstance(prop_attn, bool):
-            raise ValueError(f"tome_cfg prop_attn must be true or false, got {prop_attn!r}")
         self.tome_r, self.tome_rs, self.tome_prop_attn = (r if isinstance(r, int) else list(r)), rs, prop_attn
 
     def tokens_per_layer(self, num_tokens: Optional[int] = None) -> Tuple[Tuple[int, int], ...]:
@@ -168,13 +172,8 @@ class TomeVisionTransformer(VisionTransformer):
         return pool_and_project(self, x)
 
 
-def _check_option_names(options: dict) -> None:
-    unknown = sorted(set(options) - set(TOME_OPTIONS))
-    if unknown:
-        raise ValueError(f"tome_cfg: unknown option(s) {unknown}; accepted options are {list(TOME_OPTIONS)}")
-
-
 def _convert_visual(visual: torch.nn.Module, options: dict) -> None:
+    """Make ``visual`` a ToMe tower with ``options`` (checked against ``TOME_OPTIONS`` already)."""
     if type(visual) is TomeVisionTransformer:
         visual.init_tome(**options)
         return
@@ -188,15 +187,9 @@ def apply_tome(model: CLIP, tome_cfg: Optional[dict] = None, **options) -> "Tome
     """Turn a stock OpenCLIP ViT ``CLIP`` into a ``TomeCLIP``, in place (state dict unchanged).
 
     ``tome_cfg`` and ``options`` are ``r`` and ``prop_attn``, e.g. ``apply_tome(model, r=9)``. On a model
-    that has ToMe already, they change only the options they name."""
-    if type(model) not in (CLIP, TomeCLIP):
-        raise TypeError(f"apply_tome takes an open_clip CLIP model (as create_model('ViT-B-16') returns), "
-                        f"got {type(model).__name__}")
-    given = {**(tome_cfg or {}), **options}
-    _check_option_names(given)
-    if type(model) is TomeCLIP:
-        given = {**model.options(), **given}
-    _convert_visual(model.visual, given)
+    that has ToMe already, they change only the options they name. A rejected option leaves the model as it was."""
+    options = apply_options(model, TomeCLIP, tome_cfg, options)  # TypeError unless a CLIP
+    _convert_visual(model.visual, options)
     model.__class__ = TomeCLIP
     return model
 
@@ -206,12 +199,11 @@ class TomeCLIP(FamilyCLIP):
     parameters and state dict are the stock model's."""
 
     config_block = "tome_cfg"
+    option_spec = TOME_OPTIONS
 
     def __init__(self, *args, tome_cfg: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        options = dict(tome_cfg or {})
-        _check_option_names(options)
-        _convert_visual(self.visual, options)
+        _convert_visual(self.visual, self.check_options(tome_cfg))
 
     def options(self) -> dict:
         return tome_options(self.visual)

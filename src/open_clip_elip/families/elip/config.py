@@ -1,14 +1,27 @@
-"""ELIP options: the model JSON's ``elip_cfg`` block, validated at construction time."""
+"""ELIP options: the model JSON's ``elip_cfg`` block, typed by ``ELIP_OPTIONS`` (``core.options``) and checked
+against the tower when the model is built."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+from ...core.options import Boolean, Choice, Count, Default, ListOf, Ratio, check_options
+
 SCORINGS = ("lookahead", "first_layer")
 FUSIONS = ("paper", "norm_matched")
 CAPTION_PAIRINGS = ("paired", "other_row")
 PAPER_KEEP_RATIOS = (0.9, 0.65, 0.4)
+ELIP_OPTIONS = {
+    "layout": Default(ListOf(Count(1))),
+    "keep_ratios": ListOf(Ratio()),
+    "lam": Ratio(closed_low=True),
+    "merge": Boolean(),
+    "scoring": Choice(SCORINGS),
+    "prune_without_text": Boolean(),
+    "fusion": Choice(FUSIONS),
+    "caption_pairing": Choice(CAPTION_PAIRINGS),
+}
 
 
 @dataclass(frozen=True)
@@ -39,28 +52,23 @@ class ElipConfig:
     fusion: str = "paper"
     caption_pairing: str = "paired"
 
+    def __post_init__(self):
+        """Every field checked against ``ELIP_OPTIONS`` (ValueError naming it), lists stored as tuples."""
+        for name, value in check_options("elip_cfg", ELIP_OPTIONS, dataclasses.asdict(self)).items():
+            object.__setattr__(self, name, value)
+
     @classmethod
     def from_options(cls, options: "ElipConfig | Mapping[str, Any] | None" = None, **overrides) -> "ElipConfig":
         """Build from a config, a JSON dict (``elip_cfg``) or keywords; unknown keys raise ValueError."""
         if isinstance(options, ElipConfig):
             options = dataclasses.asdict(options)
-        merged = {**(options or {}), **overrides}
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(merged) - set(known))
-        if unknown:
-            raise ValueError(f"elip_cfg: unknown option(s) {unknown}; accepted options are {known}")
-        for key in ("layout", "keep_ratios"):
-            if merged.get(key) is not None:
-                merged[key] = tuple(merged[key])
-        return cls(**merged)
+        return cls(**check_options("elip_cfg", ELIP_OPTIONS, {**(options or {}), **overrides}))
 
     def resolved(self, depth: int, num_tokens: Sequence[int]) -> "ElipConfig":
         """Check against a ViT of ``depth`` layers whose transformer sees ``num_tokens``
         tokens (CLS included; one count per mode, e.g. with and without patch dropout),
         and return the config with its layout filled in."""
         layout = self.layout if self.layout is not None else scaled_paper_layout(depth)
-        if any(not isinstance(n, int) or n < 1 for n in layout):
-            raise ValueError(f"elip_cfg.layout: every block needs at least one layer, got {list(layout)}")
         if sum(layout) != depth:
             raise ValueError(
                 f"elip_cfg.layout {list(layout)} sums to {sum(layout)} layers but the vision tower has "
@@ -70,8 +78,6 @@ class ElipConfig:
             raise ValueError(
                 f"elip_cfg.keep_ratios needs one ratio per pruned block ({len(layout) - 1} for layout "
                 f"{list(layout)}), got {list(ratios)}")
-        if any(not 0.0 < r <= 1.0 for r in ratios):
-            raise ValueError(f"elip_cfg.keep_ratios must each lie in (0, 1], got {list(ratios)}")
         if any(later > earlier for earlier, later in zip(ratios, ratios[1:])):
             raise ValueError(f"elip_cfg.keep_ratios must not increase from block to block, got {list(ratios)}")
         for n in num_tokens:
@@ -79,11 +85,6 @@ class ElipConfig:
                 raise ValueError(
                     f"elip_cfg.keep_ratios: {ratios[-1]} of {n} tokens keeps fewer than 1 token; "
                     f"use a last ratio of at least {1 / n:.4f}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"elip_cfg.lam must lie in [0, 1] (1 = vision only), got {self.lam}")
-        for option, accepted in (("scoring", SCORINGS), ("fusion", FUSIONS), ("caption_pairing", CAPTION_PAIRINGS)):
-            if getattr(self, option) not in accepted:
-                raise ValueError(f"elip_cfg.{option} must be one of {list(accepted)}, got {getattr(self, option)!r}")
         return dataclasses.replace(self, layout=tuple(layout), keep_ratios=tuple(ratios))
 
 

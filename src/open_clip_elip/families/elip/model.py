@@ -12,11 +12,20 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
-from open_clip.transformer import PatchDropout, VisionTransformer
+from open_clip.transformer import PatchDropout
 
 from ...core.attention import cls_attention
-from ...core.towers import FamilyCLIP, check_prunable, check_vision_transformer, pool_and_project, run_layer, swap_class
-from .config import ElipConfig
+from ...core.towers import (
+    FamilyCLIP,
+    FamilyVisionTransformer,
+    apply_options,
+    check_prunable,
+    check_vision_transformer,
+    pool_and_project,
+    run_layer,
+    swap_class,
+)
+from .config import ELIP_OPTIONS, ElipConfig
 from .tokens import fuse_cls, keep_counts, other_row, prune_and_merge
 
 
@@ -34,12 +43,14 @@ class BlockTrace:
     provenance: torch.Tensor
 
 
-class ElipVisionTransformer(VisionTransformer):
+class ElipVisionTransformer(FamilyVisionTransformer):
     """OpenCLIP ViT image tower with ELIP: ``forward(x, text_features=None)``.
 
     ``text_features`` are the paired captions' L2-normalised embeddings (``B x embed_dim``).
     Without them (and without ``prune_without_text``) the forward is the stock one.
     """
+
+    family_title = "ELIP"
 
     def __init__(self, *args, elip_cfg: "ElipConfig | dict | None" = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -68,9 +79,13 @@ class ElipVisionTransformer(VisionTransformer):
             counts.append(current)
         return tuple(counts)
 
+    def reduces(self, text_features: Optional[torch.Tensor] = None) -> bool:
+        """Guided by captions, or ``prune_without_text``: otherwise the forward is the stock one."""
+        return text_features is not None or self.elip_cfg.prune_without_text
+
     def forward(self, x: torch.Tensor, text_features: Optional[torch.Tensor] = None):
         self._check_inputs(x, text_features)
-        if text_features is None and not self.elip_cfg.prune_without_text:
+        if not self.reduces(text_features):
             return super().forward(x)
         return self._forward_pruned(x, text_features, trace=None)
 
@@ -152,6 +167,7 @@ class ElipCLIP(FamilyCLIP):
     """OpenCLIP ``CLIP`` whose image tower is guided by the paired captions in ``forward``."""
 
     config_block = "elip_cfg"
+    option_spec = ELIP_OPTIONS
 
     def __init__(self, *args, elip_cfg: "ElipConfig | dict | None" = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -159,6 +175,10 @@ class ElipCLIP(FamilyCLIP):
 
     def options(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.visual.elip_cfg).items()}
+
+    def image_inputs(self, text: torch.Tensor) -> dict:
+        """The image tower is guided by the captions' embeddings, as in ``forward``."""
+        return {"text_features": self.encode_text(text, normalize=True).detach()}
 
     def encode_image(self, image, normalize: bool = False, text_features: Optional[torch.Tensor] = None):
         features = self.visual(image, text_features=text_features)
@@ -192,16 +212,13 @@ def _convert_visual(visual: torch.nn.Module, elip_cfg, **overrides) -> None:
 def apply_elip(model: CLIP, elip_cfg: "ElipConfig | dict | None" = None, **options) -> ElipCLIP:
     """Turn a stock OpenCLIP ViT ``CLIP`` into an ``ElipCLIP``, in place (state dict unchanged).
 
-    ``options`` are ``ElipConfig`` fields, e.g. ``apply_elip(model, lam=1.0, scoring="first_layer")``.
-    On a model that has ELIP already, a dict or keywords change only the options they name (an
-    ``ElipConfig`` replaces them all).
+    ``elip_cfg`` (a dict or an ``ElipConfig``) and ``options`` are ``ElipConfig`` fields, e.g.
+    ``apply_elip(model, lam=1.0, scoring="first_layer")``. On a model that has ELIP already, they change only
+    the options they name (an ``ElipConfig`` names them all). A rejected option leaves the model as it was.
     """
-    if type(model) not in (CLIP, ElipCLIP):
-        raise TypeError(
-            f"apply_elip takes an open_clip CLIP model (as create_model('ViT-B-16') returns), "
-            f"got {type(model).__name__}")
-    if type(model) is ElipCLIP and not isinstance(elip_cfg, ElipConfig):
-        elip_cfg = {**dataclasses.asdict(model.visual.elip_cfg), **(elip_cfg or {})}
-    _convert_visual(model.visual, elip_cfg, **options)
+    if isinstance(elip_cfg, ElipConfig):
+        elip_cfg = dataclasses.asdict(elip_cfg)
+    options = apply_options(model, ElipCLIP, elip_cfg, options)  # TypeError unless a CLIP
+    _convert_visual(model.visual, options)
     model.__class__ = ElipCLIP
     return model
