@@ -519,6 +519,16 @@ def train(folder, shard, logs, strategy, *flags):
     return logs / strategy
 
 
+def test_a_stock_checkpoint_file_loads_into_an_attentive_twin(mask_configs, tmp_path):
+    stock = CLIP(**tiny_config())
+    torch.save(stock.state_dict(), tmp_path / "stock.pt")
+    model = create_model("ViT-Mask-4-attentive", pretrained=str(tmp_path / "stock.pt"))
+    for key, value in stock.visual.state_dict().items():
+        assert torch.equal(model.visual_ema.state_dict()[key], value), key
+    assert open_clip.list_pretrained_tags_by_model("ViT-B-16-mask") == open_clip.list_pretrained_tags_by_model(
+        "ViT-B-16")
+
+
 def test_every_other_strategy_runs_two_trainer_steps(mask_configs, tiny_shard, tmp_path):
     """(random, the default, runs in tests/test_families.py; attentive below.)"""
     for strategy in ("center", "cluster", "attentive_text"):
