@@ -509,14 +509,25 @@ def mask_configs(tiny_configs, tmp_path_factory):
     return folder
 
 
-def train(folder, shard, logs, strategy, *flags):
+def start(folder, shard, logs, strategy, *flags):
+    """OpenCLIP's trainer, unmodified, in a fresh process (wait with ``finish``)."""
     env = {**os.environ, EXTRA_CONFIGS_ENV: str(folder)}
     command = [sys.executable, "-m", "open_clip_train.main", "--model", f"ViT-Mask-4-{strategy}", "--train-data",
                str(shard), "--dataset-type", "webdataset", "--workers", "0", "--device", "cpu", "--logs", str(logs),
                "--name", strategy, "--lr", "1e-3", "--warmup", "1", "--seed", "0", "--log-every-n-steps", "1", *flags]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return logs / strategy
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return process, logs / strategy
+
+
+def finish(started):
+    process, run = started
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-4000:]
+    return run
+
+
+def train(*args):
+    return finish(start(*args))
 
 
 def test_a_stock_checkpoint_file_loads_into_an_attentive_twin(mask_configs, tmp_path):
@@ -531,9 +542,11 @@ def test_a_stock_checkpoint_file_loads_into_an_attentive_twin(mask_configs, tmp_
 
 def test_every_other_strategy_runs_two_trainer_steps(mask_configs, tiny_shard, tmp_path):
     """(random, the default, runs in tests/test_families.py; attentive below.)"""
-    for strategy in ("center", "cluster", "attentive_text"):
-        run = train(mask_configs, tiny_shard, tmp_path, strategy, "--train-num-samples", "32", "--batch-size", "16",
-                    "--epochs", "1")
+    flags = ("--train-num-samples", "32", "--batch-size", "16", "--epochs", "1")
+    started = {strategy: start(mask_configs, tiny_shard, tmp_path, strategy, *flags)
+               for strategy in ("center", "cluster", "attentive_text")}
+    for strategy, process in started.items():  # the three trainers run side by side
+        run = finish(process)
         assert "[32/32 (100%)]" in (run / "out.log").read_text()
         model = create_model(f"ViT-Mask-4-{strategy}", pretrained=str(run / "checkpoints" / "epoch_1.pt"))
         assert type(model) is MaskCLIP and model.options()["strategy"] == strategy
