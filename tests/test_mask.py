@@ -400,6 +400,19 @@ def test_one_ema_update_per_optimizer_step_in_training_only():
     assert model.visual.ema_steps.item() == 2
 
 
+def test_a_step_that_amps_grad_scaler_skips_skips_the_ema_update():
+    model = tiny_mask(strategy="attentive").train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    for poisoned in (True, False):
+        optimizer.zero_grad()
+        loss = ClipLoss()(*model(images(3), tokenize(CAPTIONS, context_length=16)))
+        scaler.scale(loss * (math.inf if poisoned else 1.0)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        assert model.visual.ema_steps.item() == (0 if poisoned else 1)
+
+
 def test_grad_checkpointing_gives_the_same_loss_and_grads_with_the_ema_tower():
     model = tiny_mask(strategy="attentive_text").train()
     results = []

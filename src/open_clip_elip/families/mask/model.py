@@ -101,9 +101,10 @@ class MaskVisionTransformer(VisionTransformer):
                              f"(prob {self.patch_dropout.prob}); drop --force-patch-dropout / vision_cfg.patch_dropout")
         self.mask_cfg = cfg
         grid = tuple(self.grid_size)
-        count = select.attentive_keep_count if cfg.strategy in WITH_EMA else select.keep_count
-        self.num_keep = count(grid, cfg.keep_ratio) if cfg.strategy in WITH_EMA else count(grid[0] * grid[1],
-                                                                                               cfg.keep_ratio)
+        if cfg.strategy in WITH_EMA:
+            self.num_keep = select.attentive_keep_count(grid, cfg.keep_ratio)
+        else:
+            self.num_keep = select.keep_count(grid[0] * grid[1], cfg.keep_ratio)
         if cfg.strategy in WITH_EMA:
             if ema is None:
                 ema = copy.deepcopy(self)
@@ -138,6 +139,7 @@ class MaskVisionTransformer(VisionTransformer):
 
     @torch.no_grad()
     def kept_patches(self, x: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The strategy's scores of the patches of ``x`` (no gradient), their top ``num_keep`` in order."""
         self._check_inputs(x, text_features)
         cfg, grid, batch = self.mask_cfg, tuple(self.grid_size), x.shape[0]
         if cfg.strategy == "random":
