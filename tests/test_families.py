@@ -73,7 +73,7 @@ def test_behaviour_without_a_caption_and_at_inference_is_as_declared(family_conf
         else:
             assert behaviour == REDUCES and not torch.allclose(ours, theirs), mode
     tokens = declared.layer_tokens(family.visual)
-    assert len(tokens) == 6 and tokens[0] == 65
+    assert len(tokens) == 6 and max(tokens) <= 65  # (an input mask reduces them before the first layer)
     assert (min(tokens) < 65) == (declared.without_caption == REDUCES or declared.takes_caption)
 
 
@@ -101,6 +101,7 @@ def test_grad_checkpointing_gives_the_same_loss_and_grads(family_configs, name):
     for enable in (False, True):
         model.set_grad_checkpointing(enable)
         model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same random draws both times (a family that masks at random)
         loss = open_clip.ClipLoss()(*model(images, text))
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))

@@ -73,6 +73,28 @@ METHODS: Tuple[Method, ...] = (
            family="elip", options={"fusion": "norm_matched"}, leak=True),
     Method("tome", "ToMe, r tokens merged per layer, r closest to ELIP's token-layer budget (merges at inference too)",
            family="tome"),
+    Method("mask-random", "FLIP's random input mask: half the patches kept, in training only", family="mask",
+           options={"strategy": "random"}),
+    Method("mask-random+tune", "mask-random's run, its last epoch unmasked (FLIP's tune)", family="mask",
+           options={"strategy": "random", "keep_ratio": 1.0}, continues="mask-random", cost=CONTINUED),
+    Method("mask-center", "GLIP's centre-biased random input mask: half the patches kept, in training only",
+           family="mask", options={"strategy": "center"}),
+    Method("mask-center+tune", "mask-center's run, its last epoch unmasked (FLIP's tune)", family="mask",
+           options={"strategy": "center", "keep_ratio": 1.0}, continues="mask-center", cost=CONTINUED),
+    Method("mask-cluster", "E-CLIP's cluster input mask (a per-sample top-k): half the patches kept, in training only",
+           family="mask", options={"strategy": "cluster"}),
+    Method("mask-cluster+tune", "mask-cluster's run, its last epoch unmasked (FLIP's tune)", family="mask",
+           options={"strategy": "cluster", "keep_ratio": 1.0}, continues="mask-cluster", cost=CONTINUED),
+    Method("mask-attentive", "A-CLIP's attentive input mask (an EMA tower's CLS attention over 2x2 cells): about "
+           "half the patches kept, in training only", family="mask", options={"strategy": "attentive"}),
+    Method("mask-attentive+tune", "mask-attentive's run, its last epoch unmasked (FLIP's tune; EMA tower resumed)",
+           family="mask", options={"strategy": "attentive", "keep_ratio": 1.0}, continues="mask-attentive",
+           cost=CONTINUED),
+    Method("mask-attentive-text", "the attentive input mask steered by the paired caption (ours)", family="mask",
+           options={"strategy": "attentive_text"}),
+    Method("mask-attentive-text+tune", "mask-attentive-text's run, its last epoch unmasked (FLIP's tune; EMA tower "
+           "resumed)", family="mask", options={"strategy": "attentive_text", "keep_ratio": 1.0},
+           continues="mask-attentive-text", cost=CONTINUED),
 )
 
 
