@@ -157,8 +157,13 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     (["--train-data", "x/{0..1}.tar"], "go together"),
     (["--eval-dataset", "wds/x", "--eval-root", "/no/such/root"], "no folder /no/such/root"),
     (["--regimes", "fashion,beach"], "unknown regime(s) ['beach']"),
-    (["--schedules", "3"], "no cell of the default preset matches --regimes (any) --schedules 3; its cells: "
-                          "fashion-x1, scenes-x4, fashion-x4"),
+    (["--schedules", "3"], "no cell of the default preset matches --schedules 3 (with --regimes (any) --schedules "
+                          "3); its cells: fashion-x1, scenes-x4, fashion-x4"),
+    (["--schedules", "1,3"], "no cell of the default preset matches --schedules 3 (with --regimes (any) --schedules "
+                            "1,3)"),  # in a list as alone: not the 1x cell silently
+    (["--regimes", "fashion,scenes", "--schedules", "1"], "matches --regimes scenes (with --regimes fashion,scenes "
+                                                          "--schedules 1)"),
+    (["--seeds", "0,1,0"], "--seeds: seed 0 given twice"),
     (["--regimes", "scenes", "--train-data", "x/{0..1}.tar", "--train-num-samples", "9"], "exclude each other"),
 ])
 def test_bad_arguments_are_named(argv, named, capsys):

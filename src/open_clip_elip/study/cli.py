@@ -66,23 +66,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         unknown = [m for m in args.methods if m not in methods]
         if unknown or not args.methods:
             parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(methods)}")
-    preset = PRESETS[args.preset]
     try:
         args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         schedules = [int(s) for s in args.schedules.split(",")] if args.schedules else None
     except ValueError:
         parser.error("--seeds and --schedules take comma-separated integers, e.g. 0,1,2")
+    for option, values in (("--seeds", args.seeds), ("--schedules", schedules), ("--methods", args.methods)):
+        repeated = [v for i, v in enumerate(values or ()) if v in (values or ())[:i]]
+        if repeated:
+            parser.error(f"{option}: {option[2:-1]} {repeated[0]} given twice; give each once")
     regimes = [r.strip() for r in args.regimes.split(",")] if args.regimes else None
     if regimes and (set(regimes) - set(built_in) or not regimes):
         parser.error(f"--regimes: unknown regime(s) {sorted(set(regimes) - set(built_in))}; choose from "
                      f"{', '.join(built_in)}")
     if regimes and args.train_data:
         parser.error("--regimes and --train-data exclude each other: --train-data is the study's one regime")
-    args.cells = [c for c in preset.cells if (regimes is None or c.regime in regimes)
-                  and (schedules is None or c.schedule in schedules)]
-    if not args.cells:
-        parser.error(f"no cell of the {args.preset} preset matches --regimes {args.regimes or '(any)'} --schedules "
-                     f"{args.schedules or '(any)'}; its cells: " + ", ".join(c.name for c in preset.cells))
+    args.cells = matching_cells(parser, args.preset, regimes, schedules)
     if args.train_data:  # the other data replace the built-in regimes, once per schedule
         args.cells = list({c.schedule: replace(c, regime=CUSTOM) for c in args.cells}.values())
     args.cells = [replace(c, methods=with_earlier(args.methods or c.methods, methods)) for c in args.cells]
@@ -100,6 +99,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.model_config and not Path(args.model_config).is_file():
         parser.error(f"--model-config: no file {args.model_config}")
     return args
+
+
+def matching_cells(parser: argparse.ArgumentParser, preset_name: str, regimes: Optional[Sequence[str]],
+                   schedules: Optional[Sequence[int]]) -> list:
+    """The preset's cells of ``regimes`` and ``schedules`` (None: any). Each value must match a cell with the
+    other option's values, so that a value matching none is refused in a list as it is alone (``--schedules 1,2``
+    does not silently run the 1x cell only)."""
+    cells = PRESETS[preset_name].cells
+
+    def chosen(regime_values, schedule_values):
+        return [c for c in cells if (regime_values is None or c.regime in regime_values)
+                and (schedule_values is None or c.schedule in schedule_values)]
+
+    for option, values, alone in (("--regimes", regimes, lambda v: chosen([v], schedules)),
+                                  ("--schedules", schedules, lambda v: chosen(regimes, [v]))):
+        for value in values or ():
+            if not alone(value):
+                parser.error(f"no cell of the {preset_name} preset matches {option} {value} (with --regimes "
+                             f"{','.join(regimes) if regimes else '(any)'} --schedules "
+                             f"{','.join(map(str, schedules)) if schedules else '(any)'}); its cells: "
+                             + ", ".join(c.name for c in cells))
+    return chosen(regimes, schedules)
 
 
 def with_earlier(names: Sequence[str], methods: dict) -> Tuple[str, ...]:
