@@ -144,6 +144,10 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     assert by_method["flip-budget"].flags == ["--force-patch-dropout", f"{prob:.4f}"]
     matched = by_method["stock-matched"]
     assert matched.train_flops == pytest.approx(stock_flops * matched.samples_per_epoch / s.preset.samples_per_epoch)
+    # the stock compute ladder: fractions of the tiny preset's 256 samples in whole batches of 64
+    assert [by_method[f"stock-{f}"].samples_per_epoch for f in ("0.67", "0.5")] == [192, 128]
+    assert by_method["stock-0.5"].train_flops == pytest.approx(0.5 * stock_flops)
+    assert by_method["stock-0.67"].train_flops == pytest.approx(0.75 * stock_flops)
     for method in (m for m in METHODS if m.family):  # every family method: its family's own cost model
         model = open_clip.create_model(by_method[method.name].model)
         family = FAMILIES[method.family]
@@ -184,7 +188,8 @@ def test_the_preset_cells_are_chosen_by_regime_and_schedule(capsys):
     cells = study.parse_args(["--train-data", "x/{0..1}.tar", "--train-num-samples", "99999"]).cells
     assert [c.name for c in cells] == ["custom-x1", "custom-x4"]  # other data: one regime, each schedule
     assert study.main(["--list", "--regimes", "fashion", "--schedules", "4", "--seeds", "7"]) == 0
-    assert capsys.readouterr().out == "fashion-x4: seeds 7; methods stock,stock-matched,elip,low-res,low-res+tune\n"
+    assert capsys.readouterr().out == ("fashion-x4: seeds 7; methods stock,stock-matched,stock-0.67,stock-0.5,elip,"
+                                         "low-res,low-res+tune\n")
 
 
 def test_loss_curve_reads_the_trainers_lines():
