@@ -116,7 +116,9 @@ def test_verdicts_csv_holds_the_key_comparisons(study):
     verdicts = pd.read_csv(out / "verdicts.csv")
     assert list(verdicts.columns) == report.VERDICT_COLUMNS
     fashion = verdicts[(verdicts.regime == "fashion") & (verdicts.schedule == 1)]
+    equal = report.EQUAL_FLOPS
     assert list(zip(fashion.method, fashion.reference)) == [  # tome only failed; low-res is no key reference
+        ("elip", equal), ("evit", equal), ("low-res", equal), ("low-res+tune", equal),
         ("elip", "stock-matched"), ("elip", "low-res+tune"), ("elip", "evit"), ("elip", "stock"),
         ("elip scored pruned", "elip unpruned"), ("elip scored pruned", "evit")]
     elip = fashion[fashion.method == "elip"].set_index("reference")
@@ -158,7 +160,7 @@ def test_cells_are_reported_in_order_with_their_tables(study):
     key = {r["comparison"]: r for r in first_table(section(markdown, "## fashion, 1x schedule",
                                                            "### Is ELIP worth it? Key comparisons (zero-shot top-1)"))}
     assert key["`elip` minus `stock`"]["half-width ≤ 2"] == "±2 met"
-    assert key["`elip` minus `low-res+tune`"]["cost x elip's"] == "0.86"
+    assert key["`elip` minus `low-res+tune`"]["reference's cost x method's"] == "0.86"
     scenes = first_table(section(markdown, "## scenes, 1x schedule", "### Is ELIP worth it? Key comparisons "
                                                                      "(zero-shot top-1)"))
     assert scenes[0]["half-width ≤ 2"] == "not met" and scenes[0]["verdict"] == "not distinguishable"
@@ -223,3 +225,79 @@ def test_five_seeds_that_disagree_are_unstable():
     lines = report.stability(frame)
     assert lines[0] == "- scenes, 4x: stock zero-shot top-1 mean 34.76, sd 2.54, n = 5; stable: no (sd over 2)."
     assert lines[-1].endswith("not met in scenes 4x.")
+
+
+def test_the_verdict_column_reads_stock_off_the_ladder_paired_by_seed(study):
+    out, _, markdown = study
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    ladder = verdicts[(verdicts.regime == "fashion") & (verdicts.schedule == 1)
+                      & (verdicts.reference == report.EQUAL_FLOPS)].set_index("method")
+    # elip costs what stock-matched costs: the ladder's value there is stock-matched's own
+    assert ladder["mean"]["elip"] == pytest.approx(np.mean(ELIP_OVER_MATCHED), abs=1e-4)
+    # evit (0.75) lies between stock-matched (0.7) and stock (1.0): a sixth of the way, seed by seed
+    matched, stock = np.add(STOCK, ELIP_GAIN) - ELIP_OVER_MATCHED, np.array(STOCK)
+    diff = np.add(STOCK, ELIP_GAIN) - ELIP_OVER_EVIT - (matched + (stock - matched) * (0.05 / 0.3))
+    half = stats.t.ppf(0.975, 4) * diff.std(ddof=1) / math.sqrt(5)
+    assert (ladder.loc["evit", "mean"], ladder.loc["evit", "high"]) == pytest.approx((diff.mean(), diff.mean() + half),
+                                                                                    abs=1e-4)
+    # cheaper than every rung: no reading, said so
+    assert ladder.verdict["low-res"] == ladder.verdict["low-res+tune"] == report.OUTSIDE and ladder.n["low-res"] == 0
+    verdict_section = section(markdown, "## fashion, 1x schedule",
+                              "### Each method against stock at its own training FLOPs, and elip against it "
+                              "(zero-shot top-1)")
+    rows = {r["method"]: r for r in first_table(verdict_section)}
+    assert rows["`evit`"]["`elip` minus it [95% CI]"].startswith(f"{np.mean(ELIP_OVER_EVIT):+.2f}")
+    assert rows["`low-res`"]["verdict (Holm)"] == report.OUTSIDE
+
+
+def test_holm_adjusts_the_key_comparisons_of_a_cell(study):
+    adjusted, levels = report.holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(adjusted[4])
+    assert levels[:4] == pytest.approx([0.05 / 3, 0.025, 0.025, 0.0125])  # the step that kept 0.03, after it
+    out, _, _ = study
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    fashion = verdicts[(verdicts.regime == "fashion") & (verdicts.schedule == 1) & (verdicts.n >= 2)]
+    p = np.sort(fashion.p.to_numpy())
+    assert fashion.p_holm.max() <= 1 and (fashion.p_holm >= fashion.p - 1e-12).all()
+    holm_rejects = np.minimum.accumulate(p <= 0.05 / (len(p) - np.arange(len(p))))
+    assert ((fashion.p_holm <= 0.05).sum()) == holm_rejects.sum()
+    for row in fashion.itertuples():  # an adjusted interval excludes 0 exactly when Holm rejects, and is wider
+        assert (row.low_holm > 0 or row.high_holm < 0) == (row.p_holm <= 0.05)
+        assert row.low_holm <= row.low + 1e-9 and row.high_holm >= row.high - 1e-9
+    elip = fashion.set_index(["method", "reference"]).loc[("elip", "stock-matched")]
+    diff = np.array(ELIP_OVER_MATCHED)
+    frame = report.collect(out)
+    rows = report.key_comparisons(frame[(frame.regime == "fashion") & (frame.schedule == 1)])
+    unrounded = next(r for r in rows if (r["method"], r["reference"]) == ("elip", "stock-matched"))
+    assert unrounded["p"] == pytest.approx(stats.ttest_1samp(diff, 0).pvalue, rel=1e-9)
+    assert elip.verdict_holm == "higher by 3.00 points"
+    assert fashion.set_index(["method", "reference"]).verdict_holm[("elip", "evit")] == "not distinguishable"
+
+
+def test_a_run_far_from_its_cells_other_seeds_is_flagged():
+    one = pd.Series("a", index=range(5))
+    values = pd.Series([70.0, 71.0, 69.5, 70.5, 55.0])
+    assert report.far_from_others(values, one, 2.0).tolist() == [False, False, False, False, True]
+    assert not report.far_from_others(pd.Series([70.0, 70.0, 71.5]), one[:3], 2.0).any()  # under the floor
+    assert not report.far_from_others(pd.Series([70.0, 50.0]), one[:2], 2.0).any()  # one other seed: no median
+    # three seeds are enough to see it: the spread is pooled over the cell's methods (the collapsed
+    # seed 2); with three, the other extreme is far from the remaining two as well (five seeds tell which)
+    cell = pd.Series([68.9, 75.2, 58.6, 70.1, 71.0, 69.5, 73.0, 72.1, 73.9])
+    methods = pd.Series(["stock"] * 3 + ["b"] * 3 + ["c"] * 3)
+    assert report.far_from_others(cell, methods, 2.0).tolist() == [False, True, True] + [False] * 6
+    five = pd.Series([68.9, 72.2, 58.6, 71.0, 72.5, 70.1, 71.0, 69.5, 70.6, 70.8])
+    assert report.far_from_others(five, pd.Series(["stock"] * 5 + ["b"] * 5), 2.0).tolist() == [
+        False, False, True] + [False] * 7
+    frame = pd.DataFrame({"regime": "fashion", "schedule": 1, "method": ["a"] * 4 + ["b"] * 4, "status": "ok",
+                          "zeroshot_top1": [70.0, 71.0, 70.5, 70.2, 60.0, 61.0, 60.5, 60.2],
+                          "final_train_loss": [3.3, 3.31, 3.29, 3.9, 3.3, 3.31, 3.29, 3.3]})
+    assert report.outlier_flags(frame).tolist() == ["", "", "", "loss", "", "", "", ""]  # b's level is no outlier
+
+
+def test_the_ladder_reads_its_end_rung_just_outside_and_nothing_further():
+    frame = pd.DataFrame({"method": ["stock", "stock-0.5", "a", "b"] * 2, "seed": [0] * 4 + [1] * 4, "status": "ok",
+                          "train_gflops_per_image": [1.0, 0.5, 0.4999, 0.45] * 2,
+                          "zeroshot_top1": [70.0, 60.0, 61.0, 50.0, 72.0, 64.0, 66.0, 50.0]})
+    d = report.at_equal_flops(frame, "a")  # 0.02% under the cheapest rung: read there, seed by seed
+    assert (d["n"], d["mean"]) == (2, pytest.approx(1.5))
+    assert report.at_equal_flops(frame, "b")["n"] == 0  # 10% under: outside the ladder
