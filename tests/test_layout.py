@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "open_clip_elip"
-TOOLS = ("demo", "study", "bench", "shards", "visualize", "leak", "results", "scenes", "gpu_check")
+TOOLS = ("demo", "study", "bench", "shards", "visualize", "leak", "results", "scenes", "gpu_check", "steering")
 
 
 def our_imports(path: Path) -> set:
