@@ -282,6 +282,12 @@ def test_the_scenes_regime_trains_and_scores_on_its_canvases(tiny_study):
     evaluation = json.loads((tiny_study / "runs/scenes-x1/elip/seed0/eval/zeroshot_classification.json").read_text())
     assert evaluation["dataset"] == "wds/fashion_mnist_scenes"
     assert "scenes-train-512" in (tiny_study / "runs/scenes-x1/elip/seed0/command.txt").read_text()
+    # the steering diagnostic ran on its held-out two-item canvases (ELIP reads the caption: lam 0.8)
+    assert 0 <= record["steer_kept_named"] <= 100 and math.isfinite(record["steer_steering"])
+    assert record["steer_steering"] == pytest.approx(json.loads(
+        (tiny_study / "runs/scenes-x1/elip/seed0/steering.json").read_text())["steering"])
+    assert "Does the caption steer the kept tokens" in (tiny_study / "results.md").read_text()
+    assert "steer_steering" not in json.loads((tiny_study / "runs/fashion-x1/elip+tune/seed0/result.json").read_text())
 
 
 def test_finished_runs_are_not_repeated_and_nothing_is_overwritten(tiny_study, capsys):

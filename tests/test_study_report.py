@@ -24,6 +24,7 @@ FASHION_X1 = {  # method -> (zero-shot top-1 per seed, GFLOPs per image, seconds
     "low-res": (np.add(STOCK, [-5.0, -5.2, -4.8, -5.1, -4.9]), 0.5, [0.5] * 5),
     "low-res+tune": (np.add(STOCK, [-1.0, -0.5, -1.5, -0.8, -1.2]), 0.6, [0.6] * 5),
 }
+STEERING = [4.0, 6.0, 5.0]  # elip's steering per scenes seed, points (mean over blocks)
 SCENES_X1 = {"stock": ([40.0, 45.0, 50.0], 1.0, [2.0, 2.2, 2.4]),  # sd 5: not stable
              "elip": ([40.5, 48.0, 48.0], 0.7, [1.1] * 3)}  # elip minus stock: CI half-width far over 2
 FASHION_X4 = {"stock": ([80.0, 80.5, 79.5], 1.0, [4.0, 4.0, 5.0]),
@@ -60,6 +61,10 @@ def write_cell(out, regime, schedule, cell):
             if method == "elip":
                 record["zeroshot_top1_pruned"] = float(acc) - (ELIP_PRUNING[seed] if schedule == 1 else 0.3)
                 record.update(LEAK if schedule == 1 and regime == "fashion" else {})
+                if regime == "scenes":
+                    record.update({"steer_steering": STEERING[seed], "steer_steering_b2": STEERING[seed] + 1,
+                                   "steer_steering_b3": STEERING[seed] - 1, "steer_kept_named": 40.0 + seed,
+                                   "steer_kept_other": 30.0, "steer_kept_background": 30.0 - seed})
             write_run(out, regime, schedule, method, seed, record)
 
 
@@ -301,3 +306,16 @@ def test_the_ladder_reads_its_end_rung_just_outside_and_nothing_further():
     d = report.at_equal_flops(frame, "a")  # 0.02% under the cheapest rung: read there, seed by seed
     assert (d["n"], d["mean"]) == (2, pytest.approx(1.5))
     assert report.at_equal_flops(frame, "b")["n"] == 0  # 10% under: outside the ladder
+
+
+def test_the_steering_table_gives_each_share_and_the_steering_with_its_interval(study):
+    _, _, markdown = study
+    text = section(markdown, "## scenes, 1x schedule", "### Does the caption steer the kept tokens onto the item it "
+                                                       "names?")
+    row = first_table(text)[0]
+    assert (row["method"], row["runs"]) == ("`elip`", "3")
+    half = stats.t.ppf(0.975, 2) * np.std(STEERING, ddof=1) / math.sqrt(3)
+    assert row["steering, points [95% CI]"] == f"+5.00 [{5 - half:+.2f}, {5 + half:+.2f}] (higher by 5.00 points)"
+    assert row["kept on the named item, %"].startswith("41.00 ± 1.00")
+    assert row["steering per block (2/3)"] == "+6.00 / +4.00"
+    assert "No steering diagnostic in this cell" in section(markdown, "## fashion, 1x schedule")

@@ -353,6 +353,32 @@ def leak_section(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
                   "norm of text term / CLS term"], rows)
 
 
+def steering_section(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
+    """Per method with the steering diagnostic (``open_clip_elip.steering``, ``steer_*`` columns): the kept patch
+    tokens' shares on the named item, the other item and background, and the steering, each with its 95% CI over
+    seeds (mean over pruned blocks), then the steering per block."""
+    column = "steer_steering"
+    ok = frame[(frame.status == "ok") & frame.get(column, pd.Series(dtype=float)).notna()]
+    if ok.empty:
+        return ("No steering diagnostic in this cell (it runs on ELIP-family checkpoints of the scenes regime; "
+                "evit, tome and the other families do not report which patches they keep).\n")
+    blocks = sorted({int(c.rsplit("_b", 1)[1]) for c in ok.columns if c.startswith("steer_steering_b")})
+    rows = []
+    for method in method_order(ok, methods):
+        runs = ok[ok.method == method]
+        rows.append([f"`{method}`", len(runs),
+                     *(fmt_interval(interval(runs[f"steer_kept_{r}"])) for r in ("named", "other", "background")),
+                     fmt_diff(interval(runs[column])) + f" ({verdict(interval(runs[column]))})",
+                     " / ".join(f"{runs[f'steer_steering_b{b}'].mean():+.2f}" for b in blocks)])
+    return ("Held-out two-item canvases, each guided once by a caption naming its first item and once by the same "
+            "template naming its second. Shares: % of the kept patch tokens whose centre lies on the item the "
+            "caption names, on the other item, on the background (mean over both captions and the pruned blocks). "
+            "Steering: how far the kept share moves toward whichever item the caption names, in points; exactly 0 "
+            "for a selection that does not read the caption.\n\n"
+            + table(["method", "runs", "kept on the named item, %", "on the other item, %", "on background, %",
+                     "steering, points [95% CI]", f"steering per block ({'/'.join(str(b) for b in blocks)})"], rows))
+
+
 def controls(frame: pd.DataFrame) -> List[str]:
     """The caption questions, answered from the paired differences (zero-shot top-1)."""
     lines, present = [], set(frame[frame.status == "ok"].method)
@@ -544,6 +570,8 @@ def cell_section(regime: str, schedule: int, frame: pd.DataFrame, settings: dict
         "### Does the caption matter, and does it leak?\n",
         *controls(frame), "",
         leak_section(frame, methods),
+        "### Does the caption steer the kept tokens onto the item it names?\n",
+        steering_section(frame, methods),
     ]
 
 

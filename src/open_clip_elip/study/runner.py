@@ -1,8 +1,8 @@
 """Runs the plan: each run trains with OpenCLIP's own trainer, is scored by clip_benchmark and, for
-ELIP-family checkpoints, by the leak diagnostic, each in its own process with its own log under
-``OUT/runs/<method>/seed<k>/``. A run with a ``result.json`` of status ``ok`` is never repeated; an unfinished
-or failed one is moved aside (``*.attempt-N``) and started again. Runs live in ``OUT/runs/<cell>/<method>/seed<k>/``
-(``<cell>``: regime and schedule, e.g. ``fashion-x1``)."""
+ELIP-family checkpoints, by the leak diagnostic (and on scenes canvases the steering diagnostic), each in its
+own process with its own log under ``OUT/runs/<method>/seed<k>/``. A run with a ``result.json`` of status ``ok``
+is never repeated; an unfinished or failed one is moved aside (``*.attempt-N``) and started again. Runs live in
+``OUT/runs/<cell>/<method>/seed<k>/`` (``<cell>``: regime and schedule, e.g. ``fashion-x1``)."""
 from __future__ import annotations
 
 import argparse
@@ -69,6 +69,8 @@ class Runner:
             record.update(self.evaluate(run, folder, checkpoint))
             if run.leak_model and self.data[run.regime].heldout:
                 record.update(self.leak(run, folder, checkpoint))
+                if self.data[run.regime].boxes:
+                    record.update(self.steering(run, folder, checkpoint))
             record["status"] = "ok"
         except Exception as exc:  # reported as failed in the table; the other runs go on
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -170,6 +172,17 @@ class Runner:
             raise RuntimeError(f"the leak diagnostic failed (exit status {code}); see {folder / 'leak.log'}")
         return {f"leak_{key}" if not key.startswith("leak_") else key: value
                 for key, value in json.loads((folder / "leak.json").read_text()).items()}
+
+    def steering(self, run: Run, folder: Path, checkpoint: str) -> dict:
+        """The steering diagnostic (``open_clip_elip.steering``) on the held-out scenes canvases: ``steer_*``."""
+        command = [sys.executable, "-m", "open_clip_elip.steering", "--model", run.leak_model, "--pretrained",
+                   checkpoint, "--data", self.data[run.regime].heldout, "--samples", str(self.preset.leak_samples),
+                   "--batch-size", str(self.preset.batch_size), "--out", str(folder / "steering.json")]
+        with open(folder / "steering.log", "w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=self.env()).returncode
+        if code:
+            raise RuntimeError(f"the steering diagnostic failed (exit status {code}); see {folder / 'steering.log'}")
+        return {f"steer_{key}": value for key, value in json.loads((folder / "steering.json").read_text()).items()}
 
     def run_all(self, runs: List[Run]) -> List[dict]:
         """Every run, ``--jobs`` at a time; finished ones are found and not repeated."""
