@@ -1,7 +1,6 @@
 """The steering diagnostic (src/open_clip_elip/steering.py): patch regions and shares against plain loops, exactly 0
 for a selection that does not read the caption, not 0 for one that reads only the caption, and the command line on
 real scenes shards."""
-import gzip
 import json
 
 import numpy as np
@@ -9,8 +8,6 @@ import pytest
 import torch
 from conftest import TINY_ELIP, TINY_STOCK
 from open_clip import create_model, create_model_and_transforms, get_tokenizer, tokenize
-from PIL import Image
-from sklearn.datasets import load_digits
 
 from open_clip_elip import scenes, steering
 from open_clip_elip.leak import id_sets, kept_patch_ids
@@ -101,19 +98,10 @@ def test_errors_name_the_problem(tiny_configs):
 
 
 @pytest.fixture(scope="module")
-def scene_shards(tmp_path_factory):
-    """Two-item scenes canvases of 32 px (digits shrunk to 14 px) and an ELIP checkpoint."""
-    digits = load_digits()
-    images = np.stack([np.asarray(Image.fromarray((d * 255 / 16).astype(np.uint8)).resize((28, 28))) for d in
-                       digits.images[:200]])
-    folder = tmp_path_factory.mktemp("idx")
-    for prefix in ("train", "t10k"):
-        for kind, array in (("images-idx3", images), ("labels-idx1", digits.target[:200])):
-            header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(header + array.astype(np.uint8).tobytes())
+def scene_shards(digit_idx, tmp_path_factory):
+    """Two-item scenes canvases of 32 px (digits shrunk to 14 px)."""
     out = tmp_path_factory.mktemp("steering")
-    shards = scenes.write_scene_shards(out / "heldout", "test", 24, 1, folder, canvas=32, scale=(0.5, 0.5),
+    shards = scenes.write_scene_shards(out / "heldout", "test", 24, 1, digit_idx, canvas=32, scale=(0.5, 0.5),
                                        shard_size=100)
     return out, f"{shards}/train-000000.tar"
 

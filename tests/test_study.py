@@ -168,6 +168,7 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     (["--regimes", "fashion,scenes", "--schedules", "1"], "matches --regimes scenes (with --regimes fashion,scenes "
                                                           "--schedules 1)"),
     (["--seeds", "0,1,0"], "--seeds: seed 0 given twice"),
+    (["--warmup", "1.5"], "--warmup is a share of the steps in [0, 1), got 1.5"),
     (["--regimes", "scenes", "--train-data", "x/{0..1}.tar", "--train-num-samples", "9"], "exclude each other"),
 ])
 def test_bad_arguments_are_named(argv, named, capsys):

@@ -42,6 +42,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: reproducible)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of each run's steps (default 0.1)")
     parser.add_argument("--image-size", type=int, default=32, help="Fashion-MNIST model's image size (patch 4)")
     parser.add_argument("--low-res-size", type=int, help="image size of low-res (default: about 0.77x the tokens)")
     parser.add_argument("--layout", type=lambda s: [int(n) for n in s.split(",")],
@@ -88,6 +89,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for option in ("jobs", "threads"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
+    if not 0 <= args.warmup < 1:
+        parser.error(f"--warmup is a share of the steps in [0, 1), got {args.warmup}")
     if bool(args.train_data) != bool(args.train_num_samples):
         parser.error("--train-data and --train-num-samples go together")
     if bool(args.eval_dataset) != bool(args.eval_root):

@@ -92,7 +92,7 @@ class Runner:
             sys.executable, "-m", "open_clip_train.main", "--model", run.model,
             "--train-data", self.data[run.regime].train_data, "--train-num-samples", str(run.samples_per_epoch),
             "--dataset-type", "webdataset", "--batch-size", str(preset.batch_size), "--epochs", str(epochs),
-            "--lr", str(self.args.lr), "--wd", "0.1", "--warmup", str(max(1, steps // 10)),
+            "--lr", str(self.args.lr), "--wd", "0.1", "--warmup", str(warmup_steps(steps, self.args.warmup)),
             "--precision", "fp32", "--workers", "0", "--device", "cpu", "--seed", str(run.seed),
             "--logs", str(folder / "train"), "--name", run.method, "--log-every-n-steps", str(preset.log_every),
             "--save-frequency", str(max(1, epochs - 1)), *run.flags]
@@ -226,6 +226,11 @@ class Runner:
             for run in runs:  # a run that continues another is queued after it
                 records[run.key] = pool.submit(task, run)
             return [records[run.key].result() for run in runs]
+
+
+def warmup_steps(steps: int, share: float) -> int:
+    """The trainer's warm-up: ``share`` of the run's steps, rounded down, at least one."""
+    return max(1, int(round(steps * share, 6)))
 
 
 def loss_curve(log_text: str, samples_per_epoch: int) -> pd.DataFrame:
