@@ -87,6 +87,7 @@ def test_trainer_commands_parse_and_carry_each_method(planned, tmp_path):
         assert parsed[method].seed == 0 and parsed[method].epochs == s.preset.epochs
     base = s.configs.base
     assert parsed["stock"].model == base and parsed["stock"].force_patch_dropout is None
+    assert parsed["stock"].grad_clip_norm is None  # none unless asked for (the committed runs had none)
     assert parsed["elip"].model == f"{base}-elip" and parsed["evit"].model == f"{base}-evit"
     for method in (m for m in METHODS if m.family):  # each family method: its family's block, its options
         cfg = json.loads((s.out / "configs" / f"{parsed[method.name].model}.json").read_text())

@@ -10,7 +10,7 @@ from open_clip_elip.study.runner import warmup_steps
 
 TINY = ["--canvas", "32", "--patch", "4", "--scale", "0.5", "0.5", "--distractor-scale", "0.4", "0.4",
         "--classes", "5", "--width", "32", "--layers", "2", "--batch-size", "16", "--steps", "20",
-        "--train-images", "120", "--test-samples", "40", "--seeds", "0,1"]
+        "--train-images", "120", "--test-samples", "40", "--seeds", "0,1", "--grad-clip-norm", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def test_a_candidate_runs_its_stock_seeds_and_the_table_reads_them(piloted):
     out = piloted
     records = [json.loads((out / f"runs/c32-d04-x1/stock/seed{k}/result.json").read_text()) for k in (0, 1)]
     assert all(r["status"] == "ok" and r["samples_seen"] == 20 * 16 for r in records)
-    assert "--warmup 2" in (out / "runs/c32-d04-x1/stock/seed0/command.txt").read_text()
+    command = (out / "runs/c32-d04-x1/stock/seed0/command.txt").read_text()
+    assert "--warmup 2" in command and "--grad-clip-norm 1.0" in command
     config = json.loads((out / "c32-d04/configs/ViT-Pilot-c32-d04.json").read_text())
     assert (config["vision_cfg"]["image_size"], config["vision_cfg"]["patch_size"], config["vision_cfg"]["layers"]) \
         == (32, 4, 2)

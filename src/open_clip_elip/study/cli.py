@@ -43,6 +43,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: reproducible)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of each run's steps (default 0.1)")
+    parser.add_argument("--grad-clip-norm", type=float, help="the trainer's gradient clipping (default: none, as in "
+                                                             "the committed runs)")
     parser.add_argument("--image-size", type=int, default=32, help="Fashion-MNIST model's image size (patch 4)")
     parser.add_argument("--low-res-size", type=int, help="image size of low-res (default: about 0.77x the tokens)")
     parser.add_argument("--layout", type=lambda s: [int(n) for n in s.split(",")],

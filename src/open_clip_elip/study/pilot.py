@@ -2,7 +2,8 @@
 candidates tried in one folder.
 
 A candidate is a set of knobs: the canvas, the patch, the distractors' size, the number of classes (the data),
-the width and depth (the model), the batch, the steps, the learning rate and the warm-up (the schedule). The
+the width and depth (the model), the batch, the steps, the learning rate, the warm-up and the gradient clipping
+(the schedule). The
 premise stays: two items of different classes, the caption names one, under half of the canvas covered,
 zero-shot scored on single-item canvases (``open_clip_elip.scenes`` refuses anything else). Each candidate's data
 and config live in ``OUT/<name>/``, its runs in ``OUT/runs/<name>-x1/stock/seed<k>/`` (the study's runner:
@@ -56,6 +57,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=960, help="training steps (default 960: the 4x schedule)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the steps (default 0.1)")
+    parser.add_argument("--grad-clip-norm", type=float, help="the trainer's gradient clipping (default: none, as in "
+                                                             "the committed runs)")
     parser.add_argument("--train-images", type=int, default=30000, help="training canvases (default 30000)")
     parser.add_argument("--test-samples", type=int, default=10000, help="zero-shot test canvases (default 10000)")
     parser.add_argument("--jobs", type=int, default=2)
@@ -84,6 +87,7 @@ def knobs(args: argparse.Namespace) -> dict:
             "distractor_scale": list(args.distractor_scale) if args.distractor_scale else list(args.scale),
             "classes": args.classes or len(fashion_mnist.CLASSNAMES), "width": args.width, "layers": args.layers,
             "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr, "warmup": args.warmup,
+            "grad_clip_norm": args.grad_clip_norm,
             "train_images": args.train_images, "test_samples": args.test_samples}
 
 
@@ -152,9 +156,10 @@ def write_table(out: Path) -> pd.DataFrame:
              f"zero-shot top-1 at least {BAR['mean']:g}%, at most {BAR['minutes']:g} minutes of one core a run "
              "(wall minutes here, with the runs sharing the machine).\n",
              table(["candidate", "canvas / patch", "distractor scale", "classes", "width x layers", "batch x steps",
-                    "lr, warm-up", "seeds", "top-1 mean", "sd", "worst seed", "final loss", "min / run", "bar"],
+                    "lr, warm-up, clip", "seeds", "top-1 mean", "sd", "worst seed", "final loss", "min / run", "bar"],
                    [[r.candidate, f"{r.canvas} / {r.patch}", "-".join(f"{v:g}" for v in r.distractor_scale),
-                     r.classes, f"{r.width} x {r.layers}", f"{r.batch_size} x {r.steps}", f"{r.lr:g}, {r.warmup:g}",
+                     r.classes, f"{r.width} x {r.layers}", f"{r.batch_size} x {r.steps}",
+                     f"{r.lr:g}, {r.warmup:g}, {f(r.grad_clip_norm, 1)}",
                      r.seeds or "-", f(r.top1_mean), f(r.top1_sd), f(r.top1_min), f(r.final_loss, 3),
                      f(r.minutes_per_run, 1), "met" if r.meets_bar else "not met"] for r in frame.itertuples()])]
     (out / "pilot.md").write_text("\n".join(lines))

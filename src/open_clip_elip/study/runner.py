@@ -96,6 +96,8 @@ class Runner:
             "--precision", "fp32", "--workers", "0", "--device", "cpu", "--seed", str(run.seed),
             "--logs", str(folder / "train"), "--name", run.method, "--log-every-n-steps", str(preset.log_every),
             "--save-frequency", str(max(1, epochs - 1)), *run.flags]
+        if self.args.grad_clip_norm:
+            command += ["--grad-clip-norm", str(self.args.grad_clip_norm)]
         if run.after:  # continue the earlier run's second-to-last checkpoint: same schedule, last epoch
             command += ["--resume", self.resume_from(run, folder, before)]
         return command
