@@ -124,10 +124,10 @@ def test_verdicts_csv_holds_the_key_comparisons(study):
     equal = report.EQUAL_FLOPS
     assert list(zip(fashion.method, fashion.reference)) == [  # tome only failed; low-res is no key reference
         ("elip", equal), ("evit", equal), ("low-res", equal), ("low-res+tune", equal),
-        ("elip", "stock-matched"), ("elip", "low-res+tune"), ("elip", "evit"), ("elip", "stock"),
+        ("elip", "low-res+tune"), ("elip", "evit"), ("elip", "stock"),  # stock-matched: read by the ladder row
         ("elip scored pruned", "elip unpruned"), ("elip scored pruned", "evit")]
     elip = fashion[fashion.method == "elip"].set_index("reference")
-    row = elip.loc["stock-matched"]
+    row = elip.loc[equal]  # elip costs what stock-matched costs: the crafted pair
     diff = np.array(ELIP_OVER_MATCHED)
     half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
     assert row.n == 5 and row["mean"] == pytest.approx(diff.mean(), abs=1e-4)
@@ -269,11 +269,11 @@ def test_holm_adjusts_the_key_comparisons_of_a_cell(study):
     for row in fashion.itertuples():  # an adjusted interval excludes 0 exactly when Holm rejects, and is wider
         assert (row.low_holm > 0 or row.high_holm < 0) == (row.p_holm <= 0.05)
         assert row.low_holm <= row.low + 1e-9 and row.high_holm >= row.high - 1e-9
-    elip = fashion.set_index(["method", "reference"]).loc[("elip", "stock-matched")]
+    elip = fashion.set_index(["method", "reference"]).loc[("elip", report.EQUAL_FLOPS)]
     diff = np.array(ELIP_OVER_MATCHED)
     frame = report.collect(out)
     rows = report.key_comparisons(frame[(frame.regime == "fashion") & (frame.schedule == 1)])
-    unrounded = next(r for r in rows if (r["method"], r["reference"]) == ("elip", "stock-matched"))
+    unrounded = next(r for r in rows if (r["method"], r["reference"]) == ("elip", report.EQUAL_FLOPS))
     assert unrounded["p"] == pytest.approx(stats.ttest_1samp(diff, 0).pvalue, rel=1e-9)
     assert elip.verdict_holm == "higher by 3.00 points"
     assert fashion.set_index(["method", "reference"]).verdict_holm[("elip", "evit")] == "not distinguishable"

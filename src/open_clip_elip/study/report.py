@@ -285,7 +285,8 @@ def summary(frame: pd.DataFrame, methods: Dict[str, str]) -> pd.DataFrame:
 
 def key_comparisons(frame: pd.DataFrame) -> List[dict]:
     """One cell's key comparisons of zero-shot top-1: every method but the ladder's rungs against stock at its
-    own training FLOPs (``at_equal_flops``: the verdict column); elip minus each of ``KEY_REFERENCES`` present;
+    own training FLOPs (``at_equal_flops``: the verdict column); elip minus each of ``KEY_REFERENCES`` present
+    (but the ladder's cheaper rungs when elip's verdict-column row reads them);
     elip scored pruned minus elip unpruned (same checkpoint) and minus each of ``PRUNED_REFERENCES`` present
     (pruned against pruned). With the CI half-width, the raw verdict, the p-value, Holm's adjusted p-value,
     interval and verdict over these rows (``holm``), and the reference's training FLOPs over the method's."""
@@ -302,8 +303,9 @@ def key_comparisons(frame: pd.DataFrame) -> List[dict]:
         for method in [m for m in dict.fromkeys(ok.method) if m not in LADDER]:
             d = at_equal_flops(frame, method)
             add(method, EQUAL_FLOPS, d, 1.0, outside=d["n"] == 0)
-    if KEY_METHOD in present:
-        for ref in (r for r in KEY_REFERENCES if r in present):
+    on_ladder = {r["method"] for r in rows if r["d"]["n"]}
+    if KEY_METHOD in present:  # a rung that the verdict column reads already is not counted twice
+        for ref in (r for r in KEY_REFERENCES if r in present and not (r in LADDER[1:] and KEY_METHOD in on_ladder)):
             add(KEY_METHOD, ref, paired(frame, KEY_METHOD, ref, TOP1), flops[ref] / flops[KEY_METHOD])
         add(PRUNED_LABEL, UNPRUNED_LABEL, paired(frame, KEY_METHOD, KEY_METHOD, PRUNED, TOP1), 1.0)
         for ref in (r for r in PRUNED_REFERENCES if r in present):
