@@ -319,3 +319,18 @@ def test_the_steering_table_gives_each_share_and_the_steering_with_its_interval(
     assert row["kept on the named item, %"].startswith("41.00 ± 1.00")
     assert row["steering per block (2/3)"] == "+6.00 / +4.00"
     assert "No steering diagnostic in this cell" in section(markdown, "## fashion, 1x schedule")
+
+
+def test_the_report_is_rewritten_from_the_runs_alone(study, capsys):
+    from open_clip_elip.study import cli
+
+    out, _, _ = study
+    before = {name: (out / name).read_text() for name in ("results.csv", "verdicts.csv", "settings.json")}
+    (out / "results.csv").write_text("stale")
+    assert cli.main(["--out", str(out), "--report-only"]) == 0
+    assert "results.md" in capsys.readouterr().out
+    after = {name: (out / name).read_text() for name in before}
+    assert after["verdicts.csv"] == before["verdicts.csv"] and after["settings.json"] == before["settings.json"]
+    assert after["results.csv"] == before["results.csv"]
+    with pytest.raises(SystemExit, match="no .*settings.json; run the study"):
+        cli.main(["--out", str(out / "nothing"), "--report-only"])

@@ -39,6 +39,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seeds", help="comma-separated seeds (default: 0..N-1 with N from each cell)")
     parser.add_argument("--list", action="store_true", help="print the preset's cells (regime, schedule, methods, "
                                                             "seeds) and exit")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite OUT's report from its finished runs and settings.json, running nothing")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: reproducible)")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -196,5 +198,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             seeds = args.seeds or list(range(cell.seeds))
             print(f"{cell.name}: seeds {','.join(map(str, seeds))}; methods {','.join(cell.methods)}")
         return 0
+    if args.report_only:
+        print("wrote " + ", ".join(str(p) for p in rewrite_report(Path(args.out))), flush=True)
+        return 0
     run_study(args)
     return 0
+
+
+def rewrite_report(out: Path) -> list:
+    """The report of ``out``'s finished runs, with the settings its study saved (``OUT/settings.json``)."""
+    path = out / "settings.json"
+    if not path.exists():
+        raise SystemExit(f"python -m open_clip_elip.study: error: --report-only: no {path}; run the study into "
+                         f"{out} first")
+    return write_report(out, json.loads(path.read_text()), descriptions())
