@@ -334,3 +334,12 @@ def test_the_report_is_rewritten_from_the_runs_alone(study, capsys):
     assert after["results.csv"] == before["results.csv"]
     with pytest.raises(SystemExit, match="no .*settings.json; run the study"):
         cli.main(["--out", str(out / "nothing"), "--report-only"])
+
+
+def test_the_caption_controls_read_the_paired_rows():
+    frame = pd.DataFrame({"method": ["elip-text-only"] * 3 + ["elip-vision-only"] * 3, "seed": [0, 1, 2] * 2,
+                          "status": "ok", "zeroshot_top1": [61.0, 62.0, 63.5, 60.0, 60.0, 60.0]})
+    lines = report.controls(frame)
+    assert lines == ["- Does choosing by the caption alone beat choosing by the image alone? `elip-text-only` minus "
+                     f"`elip-vision-only`: {report.fmt_diff(report.interval([1.0, 2.0, 3.5]))} points zero-shot "
+                     "top-1 (not distinguishable)."]

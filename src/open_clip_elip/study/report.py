@@ -394,6 +394,7 @@ def controls(frame: pd.DataFrame) -> List[str]:
     say("elip", "elip-vision-only", "Does the paired caption beat vision-only scoring at equal cost?")
     say("elip-random-caption", "elip", "Does another row's caption beat the paired one?")
     say("elip-balanced", "elip", "Does the norm-matched fusion change the accuracy?")
+    say("elip-text-only", "elip-vision-only", "Does choosing by the caption alone beat choosing by the image alone?")
     ok = frame[(frame.status == "ok") & (frame.method == "elip")]
     if "leak_top1" in ok and ok.leak_top1.notna().any():
         top1, loss = interval(ok.leak_top1), interval(ok.leak_loss)
