@@ -26,7 +26,7 @@ from .runner import Runner
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m open_clip_elip.study", description=STUDY_DOC.split("\n\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
-                        help="scale and cells: 'default' (about 4 hours on 2 cores) or 'tiny' (the tests)")
+                        help="scale and cells: 'default' (about 5 hours on 2 cores) or 'tiny' (the tests)")
     built_in = [name for name in REGIMES if name != CUSTOM]
     parser.add_argument("--regimes", help=f"comma-separated, from: {', '.join(built_in)} (default: the preset's; "
                                           "with --train-data the one regime is 'custom')")
