@@ -63,3 +63,22 @@ def tiny_shard(tmp_path_factory):
             sink.write({"__key__": f"{i:06d}", "jpg": buffer.getvalue(), "txt": caption,
                         "json": {"label": label}})
     return path
+
+
+@pytest.fixture(scope="session")
+def digit_idx(tmp_path_factory):
+    """An MNIST-format folder (train and t10k, 200 items each) of scikit-learn's digits upscaled to 28 px."""
+    import gzip
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.stack([np.asarray(Image.fromarray((d * 255 / 16).astype(np.uint8)).resize((28, 28)))
+                       for d in digits.images[:200]])
+    folder = tmp_path_factory.mktemp("idx")
+    for prefix in ("train", "t10k"):
+        for kind, array in (("images-idx3", images), ("labels-idx1", digits.target[:200])):
+            header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + array.astype(np.uint8).tobytes())
+    return folder

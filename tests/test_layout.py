@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "open_clip_elip"
-TOOLS = ("demo", "study", "bench", "shards", "visualize", "leak", "results", "scenes", "gpu_check", "patches")
+TOOLS = ("demo", "study", "bench", "shards", "visualize", "leak", "results", "scenes", "gpu_check", "patches",
+         "steering")
 
 
 def our_imports(path: Path) -> set:

@@ -216,3 +216,26 @@ def test_errors_name_the_problem_and_the_fix(items, tmp_path, monkeypatch, capsy
     assert "--probe must be at least 1" in error(["--probe", "0"])
     assert "use a canvas of at least 28 px" in error(["--fashion-mnist", str(root), "--probe", "10", "--canvas", "24"])
     assert "ask for fewer probe canvases" in error(["--fashion-mnist", str(root)])
+
+
+def test_smaller_distractors_and_fewer_classes_keep_the_premise(items, tmp_path):
+    root, images, labels = items
+    canvases, targets, meta = scenes.make_canvases(images, labels, 64, np.random.default_rng(0), canvas=48,
+                                                   scale=(1.0, 1.0), distractor_scale=(0.5, 0.5))
+    sides = meta["boxes"][..., 2:] - meta["boxes"][..., :2]
+    assert (sides[:, 0] == 28).all() and (sides[:, 1] == 14).all()  # the target at full size, the distractor half
+    assert (meta["coverage"] < 0.5).all() and (meta["labels"][:, 0] != meta["labels"][:, 1]).all()
+    with pytest.raises(ValueError, match="could cover 68% of a 48 px canvas"):  # two full-size items would not fit
+        scenes.make_canvases(images, labels, 4, np.random.default_rng(0), canvas=48)
+    # the default draws the same canvases as before the option existed
+    same = scenes.make_canvases(images, labels, 8, np.random.default_rng(1))
+    assert np.array_equal(same[0], scenes.make_canvases(images, labels, 8, np.random.default_rng(1),
+                                                        distractor_scale=None)[0])
+    shards = scenes.write_scene_shards(tmp_path / "shards", "train", 40, 0, root=root, classes=3, canvas=48,
+                                       distractor_scale=(0.5, 0.5))
+    records = [s["json"] for s in wds.WebDataset(str(shards / "train-000000.tar"), shardshuffle=False).decode()]
+    assert len(records) == 40 and {label for r in records for label in r["labels"]} <= {0, 1, 2}
+    evaluation = scenes.write_scene_eval_set(tmp_path / "eval", 60, 30, 0, root=root, classes=3)
+    assert (evaluation / "classnames.txt").read_text().split() == ["t-shirt", "trouser", "pullover"]
+    with pytest.raises(ValueError, match="--classes 1: need at least 2"):
+        scenes.write_scene_shards(tmp_path / "one", "train", 4, 0, root=root, classes=1)

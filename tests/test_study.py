@@ -87,6 +87,7 @@ def test_trainer_commands_parse_and_carry_each_method(planned, tmp_path):
         assert parsed[method].seed == 0 and parsed[method].epochs == s.preset.epochs
     base = s.configs.base
     assert parsed["stock"].model == base and parsed["stock"].force_patch_dropout is None
+    assert parsed["stock"].grad_clip_norm is None  # none unless asked for (the committed runs had none)
     assert parsed["elip"].model == f"{base}-elip" and parsed["evit"].model == f"{base}-evit"
     for method in (m for m in METHODS if m.family):  # each family method: its family's block, its options
         cfg = json.loads((s.out / "configs" / f"{parsed[method.name].model}.json").read_text())
@@ -144,6 +145,10 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     assert by_method["flip-budget"].flags == ["--force-patch-dropout", f"{prob:.4f}"]
     matched = by_method["stock-matched"]
     assert matched.train_flops == pytest.approx(stock_flops * matched.samples_per_epoch / s.preset.samples_per_epoch)
+    # the stock compute ladder: fractions of the tiny preset's 256 samples in whole batches of 64
+    assert [by_method[f"stock-{f}"].samples_per_epoch for f in ("0.67", "0.5")] == [192, 128]
+    assert by_method["stock-0.5"].train_flops == pytest.approx(0.5 * stock_flops)
+    assert by_method["stock-0.67"].train_flops == pytest.approx(0.75 * stock_flops)
     for method in (m for m in METHODS if m.family and not m.continues):  # its family's own cost model
         model = open_clip.create_model(by_method[method.name].model)
         family = FAMILIES[method.family]
@@ -157,8 +162,14 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     (["--train-data", "x/{0..1}.tar"], "go together"),
     (["--eval-dataset", "wds/x", "--eval-root", "/no/such/root"], "no folder /no/such/root"),
     (["--regimes", "fashion,beach"], "unknown regime(s) ['beach']"),
-    (["--schedules", "3"], "no cell of the default preset matches --regimes (any) --schedules 3; its cells: "
-                          "fashion-x1, scenes-x4, fashion-x4"),
+    (["--schedules", "3"], "no cell of the default preset matches --schedules 3 (with --regimes (any) --schedules "
+                          "3); its cells: fashion-x1, scenes-x4, fashion-x4"),
+    (["--schedules", "1,3"], "no cell of the default preset matches --schedules 3 (with --regimes (any) --schedules "
+                            "1,3)"),  # in a list as alone: not the 1x cell silently
+    (["--regimes", "fashion,scenes", "--schedules", "1"], "matches --regimes scenes (with --regimes fashion,scenes "
+                                                          "--schedules 1)"),
+    (["--seeds", "0,1,0"], "--seeds: seed 0 given twice"),
+    (["--warmup", "1.5"], "--warmup is a share of the steps in [0, 1), got 1.5"),
     (["--regimes", "scenes", "--train-data", "x/{0..1}.tar", "--train-num-samples", "9"], "exclude each other"),
 ])
 def test_bad_arguments_are_named(argv, named, capsys):
@@ -179,7 +190,8 @@ def test_the_preset_cells_are_chosen_by_regime_and_schedule(capsys):
     cells = study.parse_args(["--train-data", "x/{0..1}.tar", "--train-num-samples", "99999"]).cells
     assert [c.name for c in cells] == ["custom-x1", "custom-x4"]  # other data: one regime, each schedule
     assert study.main(["--list", "--regimes", "fashion", "--schedules", "4", "--seeds", "7"]) == 0
-    assert capsys.readouterr().out == "fashion-x4: seeds 7; methods stock,stock-matched,elip,low-res,low-res+tune\n"
+    assert capsys.readouterr().out == ("fashion-x4: seeds 7; methods stock,stock-matched,stock-0.67,stock-0.5,elip,"
+                                         "low-res,low-res+tune\n")
 
 
 def test_loss_curve_reads_the_trainers_lines():
@@ -272,6 +284,12 @@ def test_the_scenes_regime_trains_and_scores_on_its_canvases(tiny_study):
     evaluation = json.loads((tiny_study / "runs/scenes-x1/elip/seed0/eval/zeroshot_classification.json").read_text())
     assert evaluation["dataset"] == "wds/fashion_mnist_scenes"
     assert "scenes-train-512" in (tiny_study / "runs/scenes-x1/elip/seed0/command.txt").read_text()
+    # the steering diagnostic ran on its held-out two-item canvases (ELIP reads the caption: lam 0.8)
+    assert 0 <= record["steer_kept_named"] <= 100 and math.isfinite(record["steer_steering"])
+    assert record["steer_steering"] == pytest.approx(json.loads(
+        (tiny_study / "runs/scenes-x1/elip/seed0/steering.json").read_text())["steering"])
+    assert "Does the caption steer the kept tokens" in (tiny_study / "results.md").read_text()
+    assert "steer_steering" not in json.loads((tiny_study / "runs/fashion-x1/elip+tune/seed0/result.json").read_text())
 
 
 def test_finished_runs_are_not_repeated_and_nothing_is_overwritten(tiny_study, capsys):

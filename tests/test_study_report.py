@@ -24,6 +24,7 @@ FASHION_X1 = {  # method -> (zero-shot top-1 per seed, GFLOPs per image, seconds
     "low-res": (np.add(STOCK, [-5.0, -5.2, -4.8, -5.1, -4.9]), 0.5, [0.5] * 5),
     "low-res+tune": (np.add(STOCK, [-1.0, -0.5, -1.5, -0.8, -1.2]), 0.6, [0.6] * 5),
 }
+STEERING = [4.0, 6.0, 5.0]  # elip's steering per scenes seed, points (mean over blocks)
 SCENES_X1 = {"stock": ([40.0, 45.0, 50.0], 1.0, [2.0, 2.2, 2.4]),  # sd 5: not stable
              "elip": ([40.5, 48.0, 48.0], 0.7, [1.1] * 3)}  # elip minus stock: CI half-width far over 2
 FASHION_X4 = {"stock": ([80.0, 80.5, 79.5], 1.0, [4.0, 4.0, 5.0]),
@@ -60,6 +61,10 @@ def write_cell(out, regime, schedule, cell):
             if method == "elip":
                 record["zeroshot_top1_pruned"] = float(acc) - (ELIP_PRUNING[seed] if schedule == 1 else 0.3)
                 record.update(LEAK if schedule == 1 and regime == "fashion" else {})
+                if regime == "scenes":
+                    record.update({"steer_steering": STEERING[seed], "steer_steering_b2": STEERING[seed] + 1,
+                                   "steer_steering_b3": STEERING[seed] - 1, "steer_kept_named": 40.0 + seed,
+                                   "steer_kept_other": 30.0, "steer_kept_background": 30.0 - seed})
             write_run(out, regime, schedule, method, seed, record)
 
 
@@ -116,11 +121,13 @@ def test_verdicts_csv_holds_the_key_comparisons(study):
     verdicts = pd.read_csv(out / "verdicts.csv")
     assert list(verdicts.columns) == report.VERDICT_COLUMNS
     fashion = verdicts[(verdicts.regime == "fashion") & (verdicts.schedule == 1)]
+    equal = report.EQUAL_FLOPS
     assert list(zip(fashion.method, fashion.reference)) == [  # tome only failed; low-res is no key reference
-        ("elip", "stock-matched"), ("elip", "low-res+tune"), ("elip", "evit"), ("elip", "stock"),
+        ("elip", equal), ("evit", equal), ("low-res", equal), ("low-res+tune", equal),
+        ("elip", "low-res+tune"), ("elip", "evit"), ("elip", "stock"),  # stock-matched: read by the ladder row
         ("elip scored pruned", "elip unpruned"), ("elip scored pruned", "evit")]
     elip = fashion[fashion.method == "elip"].set_index("reference")
-    row = elip.loc["stock-matched"]
+    row = elip.loc[equal]  # elip costs what stock-matched costs: the crafted pair
     diff = np.array(ELIP_OVER_MATCHED)
     half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
     assert row.n == 5 and row["mean"] == pytest.approx(diff.mean(), abs=1e-4)
@@ -158,7 +165,7 @@ def test_cells_are_reported_in_order_with_their_tables(study):
     key = {r["comparison"]: r for r in first_table(section(markdown, "## fashion, 1x schedule",
                                                            "### Is ELIP worth it? Key comparisons (zero-shot top-1)"))}
     assert key["`elip` minus `stock`"]["half-width ≤ 2"] == "±2 met"
-    assert key["`elip` minus `low-res+tune`"]["cost x elip's"] == "0.86"
+    assert key["`elip` minus `low-res+tune`"]["reference's cost x method's"] == "0.86"
     scenes = first_table(section(markdown, "## scenes, 1x schedule", "### Is ELIP worth it? Key comparisons "
                                                                      "(zero-shot top-1)"))
     assert scenes[0]["half-width ≤ 2"] == "not met" and scenes[0]["verdict"] == "not distinguishable"
@@ -223,3 +230,116 @@ def test_five_seeds_that_disagree_are_unstable():
     lines = report.stability(frame)
     assert lines[0] == "- scenes, 4x: stock zero-shot top-1 mean 34.76, sd 2.54, n = 5; stable: no (sd over 2)."
     assert lines[-1].endswith("not met in scenes 4x.")
+
+
+def test_the_verdict_column_reads_stock_off_the_ladder_paired_by_seed(study):
+    out, _, markdown = study
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    ladder = verdicts[(verdicts.regime == "fashion") & (verdicts.schedule == 1)
+                      & (verdicts.reference == report.EQUAL_FLOPS)].set_index("method")
+    # elip costs what stock-matched costs: the ladder's value there is stock-matched's own
+    assert ladder["mean"]["elip"] == pytest.approx(np.mean(ELIP_OVER_MATCHED), abs=1e-4)
+    # evit (0.75) lies between stock-matched (0.7) and stock (1.0): a sixth of the way, seed by seed
+    matched, stock = np.add(STOCK, ELIP_GAIN) - ELIP_OVER_MATCHED, np.array(STOCK)
+    diff = np.add(STOCK, ELIP_GAIN) - ELIP_OVER_EVIT - (matched + (stock - matched) * (0.05 / 0.3))
+    half = stats.t.ppf(0.975, 4) * diff.std(ddof=1) / math.sqrt(5)
+    assert (ladder.loc["evit", "mean"], ladder.loc["evit", "high"]) == pytest.approx((diff.mean(), diff.mean() + half),
+                                                                                    abs=1e-4)
+    # cheaper than every rung: no reading, said so
+    assert ladder.verdict["low-res"] == ladder.verdict["low-res+tune"] == report.OUTSIDE and ladder.n["low-res"] == 0
+    verdict_section = section(markdown, "## fashion, 1x schedule",
+                              "### Each method against stock at its own training FLOPs, and elip against it "
+                              "(zero-shot top-1)")
+    rows = {r["method"]: r for r in first_table(verdict_section)}
+    assert rows["`evit`"]["`elip` minus it [95% CI]"].startswith(f"{np.mean(ELIP_OVER_EVIT):+.2f}")
+    assert rows["`low-res`"]["verdict (Holm)"] == report.OUTSIDE
+
+
+def test_holm_adjusts_the_key_comparisons_of_a_cell(study):
+    adjusted, levels = report.holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(adjusted[4])
+    assert levels[:4] == pytest.approx([0.05 / 3, 0.025, 0.025, 0.0125])  # the step that kept 0.03, after it
+    out, _, _ = study
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    fashion = verdicts[(verdicts.regime == "fashion") & (verdicts.schedule == 1) & (verdicts.n >= 2)]
+    p = np.sort(fashion.p.to_numpy())
+    assert fashion.p_holm.max() <= 1 and (fashion.p_holm >= fashion.p - 1e-12).all()
+    holm_rejects = np.minimum.accumulate(p <= 0.05 / (len(p) - np.arange(len(p))))
+    assert ((fashion.p_holm <= 0.05).sum()) == holm_rejects.sum()
+    for row in fashion.itertuples():  # an adjusted interval excludes 0 exactly when Holm rejects, and is wider
+        assert (row.low_holm > 0 or row.high_holm < 0) == (row.p_holm <= 0.05)
+        assert row.low_holm <= row.low + 1e-9 and row.high_holm >= row.high - 1e-9
+    elip = fashion.set_index(["method", "reference"]).loc[("elip", report.EQUAL_FLOPS)]
+    diff = np.array(ELIP_OVER_MATCHED)
+    frame = report.collect(out)
+    rows = report.key_comparisons(frame[(frame.regime == "fashion") & (frame.schedule == 1)])
+    unrounded = next(r for r in rows if (r["method"], r["reference"]) == ("elip", report.EQUAL_FLOPS))
+    assert unrounded["p"] == pytest.approx(stats.ttest_1samp(diff, 0).pvalue, rel=1e-9)
+    assert elip.verdict_holm == "higher by 3.00 points"
+    assert fashion.set_index(["method", "reference"]).verdict_holm[("elip", "evit")] == "not distinguishable"
+
+
+def test_a_run_far_from_its_cells_other_seeds_is_flagged():
+    one = pd.Series("a", index=range(5))
+    values = pd.Series([70.0, 71.0, 69.5, 70.5, 55.0])
+    assert report.far_from_others(values, one, 2.0).tolist() == [False, False, False, False, True]
+    assert not report.far_from_others(pd.Series([70.0, 70.0, 71.5]), one[:3], 2.0).any()  # under the floor
+    assert not report.far_from_others(pd.Series([70.0, 50.0]), one[:2], 2.0).any()  # one other seed: no median
+    # three seeds are enough to see it: the spread is pooled over the cell's methods (the collapsed
+    # seed 2); with three, the other extreme is far from the remaining two as well (five seeds tell which)
+    cell = pd.Series([68.9, 75.2, 58.6, 70.1, 71.0, 69.5, 73.0, 72.1, 73.9])
+    methods = pd.Series(["stock"] * 3 + ["b"] * 3 + ["c"] * 3)
+    assert report.far_from_others(cell, methods, 2.0).tolist() == [False, True, True] + [False] * 6
+    five = pd.Series([68.9, 72.2, 58.6, 71.0, 72.5, 70.1, 71.0, 69.5, 70.6, 70.8])
+    assert report.far_from_others(five, pd.Series(["stock"] * 5 + ["b"] * 5), 2.0).tolist() == [
+        False, False, True] + [False] * 7
+    frame = pd.DataFrame({"regime": "fashion", "schedule": 1, "method": ["a"] * 4 + ["b"] * 4, "status": "ok",
+                          "zeroshot_top1": [70.0, 71.0, 70.5, 70.2, 60.0, 61.0, 60.5, 60.2],
+                          "final_train_loss": [3.3, 3.31, 3.29, 3.9, 3.3, 3.31, 3.29, 3.3]})
+    assert report.outlier_flags(frame).tolist() == ["", "", "", "loss", "", "", "", ""]  # b's level is no outlier
+
+
+def test_the_ladder_reads_its_end_rung_just_outside_and_nothing_further():
+    frame = pd.DataFrame({"method": ["stock", "stock-0.5", "a", "b"] * 2, "seed": [0] * 4 + [1] * 4, "status": "ok",
+                          "train_gflops_per_image": [1.0, 0.5, 0.4999, 0.45] * 2,
+                          "zeroshot_top1": [70.0, 60.0, 61.0, 50.0, 72.0, 64.0, 66.0, 50.0]})
+    d = report.at_equal_flops(frame, "a")  # 0.02% under the cheapest rung: read there, seed by seed
+    assert (d["n"], d["mean"]) == (2, pytest.approx(1.5))
+    assert report.at_equal_flops(frame, "b")["n"] == 0  # 10% under: outside the ladder
+
+
+def test_the_steering_table_gives_each_share_and_the_steering_with_its_interval(study):
+    _, _, markdown = study
+    text = section(markdown, "## scenes, 1x schedule", "### Does the caption steer the kept tokens onto the item it "
+                                                       "names?")
+    row = first_table(text)[0]
+    assert (row["method"], row["runs"]) == ("`elip`", "3")
+    half = stats.t.ppf(0.975, 2) * np.std(STEERING, ddof=1) / math.sqrt(3)
+    assert row["steering, points [95% CI]"] == f"+5.00 [{5 - half:+.2f}, {5 + half:+.2f}] (higher by 5.00 points)"
+    assert row["kept on the named item, %"].startswith("41.00 ± 1.00")
+    assert row["steering per block (2/3)"] == "+6.00 / +4.00"
+    assert "No steering diagnostic in this cell" in section(markdown, "## fashion, 1x schedule")
+
+
+def test_the_report_is_rewritten_from_the_runs_alone(study, capsys):
+    from open_clip_elip.study import cli
+
+    out, _, _ = study
+    before = {name: (out / name).read_text() for name in ("results.csv", "verdicts.csv", "settings.json")}
+    (out / "results.csv").write_text("stale")
+    assert cli.main(["--out", str(out), "--report-only"]) == 0
+    assert "results.md" in capsys.readouterr().out
+    after = {name: (out / name).read_text() for name in before}
+    assert after["verdicts.csv"] == before["verdicts.csv"] and after["settings.json"] == before["settings.json"]
+    assert after["results.csv"] == before["results.csv"]
+    with pytest.raises(SystemExit, match="no .*settings.json; run the study"):
+        cli.main(["--out", str(out / "nothing"), "--report-only"])
+
+
+def test_the_caption_controls_read_the_paired_rows():
+    frame = pd.DataFrame({"method": ["elip-text-only"] * 3 + ["elip-vision-only"] * 3, "seed": [0, 1, 2] * 2,
+                          "status": "ok", "zeroshot_top1": [61.0, 62.0, 63.5, 60.0, 60.0, 60.0]})
+    lines = report.controls(frame)
+    assert lines == ["- Does choosing by the caption alone beat choosing by the image alone? `elip-text-only` minus "
+                     f"`elip-vision-only`: {report.fmt_diff(report.interval([1.0, 2.0, 3.5]))} points zero-shot "
+                     "top-1 (not distinguishable)."]

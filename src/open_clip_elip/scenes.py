@@ -56,22 +56,36 @@ def load_items(split: str, root: "Path | None" = None) -> Tuple[np.ndarray, np.n
                                 f"{fashion_mnist.DEBIAN_DIR}, or none for the Debian package") from None
 
 
-def check_layout(shape: Tuple[int, int], canvas: int, items: int, scale: Tuple[float, float]) -> None:
-    """Refuse settings whose items cannot fit the canvas, or whose largest items could cover half of it."""
-    low, high = scale
-    if items < 1 or not 0 < low <= high:
-        raise ValueError(f"need at least one item ({items} asked for) and a scale range 0 < low <= high, "
-                         f"got {low}..{high}")
-    height, width = (round(side * high) for side in shape)
+def check_layout(shape: Tuple[int, int], canvas: int, items: int, scale: Tuple[float, float],
+                 distractor_scale: "Tuple[float, float] | None" = None) -> None:
+    """Refuse settings whose items cannot fit the canvas, or whose largest items could cover half of it (the
+    target scaled by ``scale``, the others by ``distractor_scale``, default ``scale``)."""
+    ranges = [scale] + [distractor_scale or scale] * (items - 1)
+    if items < 1 or not all(0 < low <= high for low, high in ranges):
+        raise ValueError(f"need at least one item ({items} asked for) and a scale range 0 < low <= high for the "
+                         f"target and the distractors, got {scale} and {distractor_scale or scale}")
+    sizes = [tuple(round(side * high) for side in shape) for _, high in ranges]
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
     if max(height, width) > canvas:
         raise ValueError(f"a canvas of {canvas} px is too small for items of up to {height}x{width} px: use a "
                          f"canvas of at least {max(height, width)} px or a smaller scale")
-    area = items * height * width
+    area = sum(h * w for h, w in sizes)
     if area >= MAX_COVERAGE * canvas**2:
         smallest = math.isqrt(int(area / MAX_COVERAGE)) + 1
         raise ValueError(f"{items} items of up to {height}x{width} px could cover {area / canvas**2:.0%} of a "
                          f"{canvas} px canvas, not under {MAX_COVERAGE:.0%}: use a canvas of at least {smallest} px, "
                          "fewer items or a smaller scale")
+
+
+def first_classes(images: np.ndarray, labels: np.ndarray, classes: "int | None") -> Tuple[np.ndarray, np.ndarray]:
+    """The items of the first ``classes`` classes (labels below it; None: all)."""
+    if classes is None:
+        return images, labels
+    if not 2 <= classes <= int(labels.max()) + 1:
+        raise ValueError(f"--classes {classes}: need at least 2 (a distractor of another class) and at most the "
+                         f"{int(labels.max()) + 1} classes of the items")
+    chosen = labels < classes
+    return images[chosen], labels[chosen]
 
 
 def place(heights: np.ndarray, widths: np.ndarray, canvas: int, rng: np.random.Generator):
@@ -96,11 +110,13 @@ def place(heights: np.ndarray, widths: np.ndarray, canvas: int, rng: np.random.G
 
 
 def make_canvases(images: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator, canvas: int = 64,
-                  items: int = 2, scale: Tuple[float, float] = (1.0, 1.0)):
+                  items: int = 2, scale: Tuple[float, float] = (1.0, 1.0),
+                  distractor_scale: "Tuple[float, float] | None" = None):
     """``count`` canvases of ``items`` items each at random non-overlapping positions, the first the target.
 
     Targets run through ``images`` in random order (each once per pass); the other items are drawn at random
-    from other classes than their target's. Every item is scaled by a factor drawn from ``scale`` (bilinear).
+    from other classes than their target's. The target is scaled by a factor drawn from ``scale``, the others
+    from ``distractor_scale`` (default: ``scale``; bilinear).
     Returns ``(canvases count x canvas x canvas uint8, target labels, metadata)``, metadata a dict of arrays:
     ``items`` (count x items indices into ``images``, target first), their ``labels``, their ``boxes``
     (count x items x 4: left, top, right, bottom in pixels, the last two exclusive) and ``coverage`` (count:
@@ -111,7 +127,7 @@ def make_canvases(images: np.ndarray, labels: np.ndarray, count: int, rng: np.ra
         raise ValueError(f"need N x height x width item images and N labels, got {images.shape} and {labels.shape}")
     if count < 1:
         raise ValueError(f"need at least one canvas, got {count}")
-    check_layout(images.shape[1:], canvas, items, scale)
+    check_layout(images.shape[1:], canvas, items, scale, distractor_scale)
     if items > 1 and len(np.unique(labels)) < 2:
         raise ValueError("distractors need items of a second class: give images of at least two classes")
     index = np.empty((count, items), np.int64)
@@ -123,6 +139,8 @@ def make_canvases(images: np.ndarray, labels: np.ndarray, count: int, rng: np.ra
         others[same] = rng.integers(len(images), size=int(same.sum()))
         same = labels[others] == labels[index[:, :1]]
     factors = rng.uniform(*scale, size=(count, items))
+    if distractor_scale is not None:  # drawn after the targets', so distractor_scale None keeps the bytes
+        factors[:, 1:] = rng.uniform(*distractor_scale, size=(count, items - 1))
     heights, widths = (np.rint(side * factors).astype(np.int64) for side in images.shape[1:])
     ys, xs = place(heights, widths, canvas, rng)
     canvases = np.zeros((count, canvas, canvas), np.uint8)
@@ -140,9 +158,11 @@ def make_canvases(images: np.ndarray, labels: np.ndarray, count: int, rng: np.ra
 
 def write_scene_shards(folder, split: str, count: int, seed: int, root: "Path | None" = None, skip_last: int = 0,
                        canvas: int = 64, items: int = 2, scale: Tuple[float, float] = (1.0, 1.0),
-                       shard_size: int = 5000) -> Path:
+                       shard_size: int = 5000, distractor_scale: "Tuple[float, float] | None" = None,
+                       classes: "int | None" = None) -> Path:
     """OpenCLIP training shards (``jpg``, ``txt``, ``json``) and ``sizes.json`` of ``count`` captioned canvases
-    made from the items of ``split`` less its last ``skip_last`` (kept for the linear probe).
+    made from the items of ``split`` less its last ``skip_last`` (kept for the linear probe), of its first
+    ``classes`` classes (None: all).
 
     Built in a sibling ``.partial`` folder renamed into place once complete, as ``fashion_mnist`` does.
     """
@@ -155,7 +175,8 @@ def write_scene_shards(folder, split: str, count: int, seed: int, root: "Path | 
                          "training canvases for the linear probe; ask for fewer probe canvases")
     rng = np.random.default_rng(seed)
     kept = len(images) - skip_last
-    canvases, targets, metadata = make_canvases(images[:kept], labels[:kept], count, rng, canvas, items, scale)
+    canvases, targets, metadata = make_canvases(*first_classes(images[:kept], labels[:kept], classes), count, rng,
+                                                canvas, items, scale, distractor_scale)
     texts = fashion_mnist.captions(targets, seed=int(rng.integers(2**63)))
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -172,9 +193,12 @@ def write_scene_shards(folder, split: str, count: int, seed: int, root: "Path | 
 
 
 def write_scene_eval_set(folder, test_samples: int, probe_samples: int, seed: int, root: "Path | None" = None,
-                         canvas: int = 64, scale: Tuple[float, float] = (1.0, 1.0)) -> Path:
+                         canvas: int = 64, scale: Tuple[float, float] = (1.0, 1.0),
+                         classes: "int | None" = None) -> Path:
     """clip_benchmark's ``wds/fashion_mnist_scenes`` at ``folder``: single-item canvases of the first
-    ``test_samples`` test items (``test``) and of the last ``probe_samples`` train items (``train``)."""
+    ``test_samples`` test items (``test``) and of the last ``probe_samples`` train items (``train``); with
+    ``classes``, those of them of the first ``classes`` classes (the zero-shot classifier then knows those class
+    names alone)."""
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder} exists already: use it, or remove it to rebuild it")
@@ -185,10 +209,11 @@ def write_scene_eval_set(folder, test_samples: int, probe_samples: int, seed: in
         if not 0 < count <= len(images):
             raise ValueError(f"{count} {split} canvases asked for; the {split} split has {len(images)} items")
         chosen = slice(0, count) if split == "test" else slice(len(images) - count, None)
-        canvases, targets, _ = make_canvases(images[chosen], labels[chosen], count,
-                                             np.random.default_rng([seed, number]), canvas, 1, scale)
-        export_wds(fashion_mnist.to_pil(canvases), targets, fashion_mnist.CLASSNAMES, fashion_mnist.TEMPLATES,
-                   partial, split)
+        images, labels = first_classes(images[chosen], labels[chosen], classes)  # the probe's stay out of training
+        canvases, targets, _ = make_canvases(images, labels, len(images), np.random.default_rng([seed, number]),
+                                             canvas, 1, scale)
+        export_wds(fashion_mnist.to_pil(canvases), targets, fashion_mnist.CLASSNAMES[:classes],
+                   fashion_mnist.TEMPLATES, partial, split)
     partial.rename(folder)
     return folder
 
@@ -239,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--items", type=int, default=2, help="items per training canvas, the target first")
     parser.add_argument("--scale", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
                         help="item scale factors drawn from this range (default: 1 1, native size)")
+    parser.add_argument("--distractor-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="scale factors of the items the caption does not name (default: --scale): smaller "
+                             "distractors are less salient, like the clutter of web images")
+    parser.add_argument("--classes", type=int, help="use the items of the first N classes only (default: all)")
     parser.add_argument("--shard-size", type=int, default=5000, help="samples per training shard")
     parser.add_argument("--preview", type=Path, metavar="PNG", help="save a grid of the first training canvases")
     return parser
@@ -254,11 +283,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     if args.heldout < 0:
         parser.error("--heldout must be at least 0")
-    layout = {"canvas": args.canvas, "scale": tuple(args.scale)}
+    layout = {"canvas": args.canvas, "scale": tuple(args.scale), "classes": args.classes}
+    shapes = {**layout, "distractor_scale": tuple(args.distractor_scale) if args.distractor_scale else None,
+              "items": args.items}
     try:
         started = time.time()
         train = write_scene_shards(args.out / "train", "train", args.train, args.seed, args.fashion_mnist,
-                                   skip_last=args.probe, items=args.items, shard_size=args.shard_size, **layout)
+                                   skip_last=args.probe, shard_size=args.shard_size, **shapes)
         print(f"wrote {args.train} training canvases to {train} in {time.time() - started:.0f} s")
         evaluation = write_scene_eval_set(args.out / "eval", args.test, args.probe, args.seed, args.fashion_mnist,
                                           **layout)
@@ -268,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                    f"--eval-root {shlex.quote(str(evaluation))}"]
         if args.heldout:
             heldout = write_scene_shards(args.out / "heldout", "test", args.heldout, args.seed, args.fashion_mnist,
-                                         items=args.items, shard_size=args.shard_size, **layout)
+                                         shard_size=args.shard_size, **shapes)
             print(f"wrote {args.heldout} held-out canvases to {heldout}")
             options.append(f"--heldout-data {shlex.quote(fashion_mnist.shard_pattern(heldout))}")
         if args.preview:

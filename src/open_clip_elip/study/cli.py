@@ -26,7 +26,7 @@ from .runner import Runner
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m open_clip_elip.study", description=STUDY_DOC.split("\n\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
-                        help="scale and cells: 'default' (about 4 hours on 2 cores) or 'tiny' (the tests)")
+                        help="scale and cells: 'default' (about 5 hours on 2 cores) or 'tiny' (the tests)")
     built_in = [name for name in REGIMES if name != CUSTOM]
     parser.add_argument("--regimes", help=f"comma-separated, from: {', '.join(built_in)} (default: the preset's; "
                                           "with --train-data the one regime is 'custom')")
@@ -39,9 +39,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seeds", help="comma-separated seeds (default: 0..N-1 with N from each cell)")
     parser.add_argument("--list", action="store_true", help="print the preset's cells (regime, schedule, methods, "
                                                             "seeds) and exit")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite OUT's report from its finished runs and settings.json, running nothing")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: reproducible)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of each run's steps (default 0.1)")
+    parser.add_argument("--grad-clip-norm", type=float, help="the trainer's gradient clipping (default: none, as in "
+                                                             "the committed runs)")
     parser.add_argument("--image-size", type=int, default=32, help="Fashion-MNIST model's image size (patch 4)")
     parser.add_argument("--low-res-size", type=int, help="image size of low-res (default: about 0.77x the tokens)")
     parser.add_argument("--layout", type=lambda s: [int(n) for n in s.split(",")],
@@ -66,29 +71,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         unknown = [m for m in args.methods if m not in methods]
         if unknown or not args.methods:
             parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(methods)}")
-    preset = PRESETS[args.preset]
     try:
         args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         schedules = [int(s) for s in args.schedules.split(",")] if args.schedules else None
     except ValueError:
         parser.error("--seeds and --schedules take comma-separated integers, e.g. 0,1,2")
+    for option, values in (("--seeds", args.seeds), ("--schedules", schedules), ("--methods", args.methods)):
+        repeated = [v for i, v in enumerate(values or ()) if v in (values or ())[:i]]
+        if repeated:
+            parser.error(f"{option}: {option[2:-1]} {repeated[0]} given twice; give each once")
     regimes = [r.strip() for r in args.regimes.split(",")] if args.regimes else None
     if regimes and (set(regimes) - set(built_in) or not regimes):
         parser.error(f"--regimes: unknown regime(s) {sorted(set(regimes) - set(built_in))}; choose from "
                      f"{', '.join(built_in)}")
     if regimes and args.train_data:
         parser.error("--regimes and --train-data exclude each other: --train-data is the study's one regime")
-    args.cells = [c for c in preset.cells if (regimes is None or c.regime in regimes)
-                  and (schedules is None or c.schedule in schedules)]
-    if not args.cells:
-        parser.error(f"no cell of the {args.preset} preset matches --regimes {args.regimes or '(any)'} --schedules "
-                     f"{args.schedules or '(any)'}; its cells: " + ", ".join(c.name for c in preset.cells))
+    args.cells = matching_cells(parser, args.preset, regimes, schedules)
     if args.train_data:  # the other data replace the built-in regimes, once per schedule
         args.cells = list({c.schedule: replace(c, regime=CUSTOM) for c in args.cells}.values())
     args.cells = [replace(c, methods=with_earlier(args.methods or c.methods, methods)) for c in args.cells]
     for option in ("jobs", "threads"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
+    if not 0 <= args.warmup < 1:
+        parser.error(f"--warmup is a share of the steps in [0, 1), got {args.warmup}")
     if bool(args.train_data) != bool(args.train_num_samples):
         parser.error("--train-data and --train-num-samples go together")
     if bool(args.eval_dataset) != bool(args.eval_root):
@@ -100,6 +106,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.model_config and not Path(args.model_config).is_file():
         parser.error(f"--model-config: no file {args.model_config}")
     return args
+
+
+def matching_cells(parser: argparse.ArgumentParser, preset_name: str, regimes: Optional[Sequence[str]],
+                   schedules: Optional[Sequence[int]]) -> list:
+    """The preset's cells of ``regimes`` and ``schedules`` (None: any). Each value must match a cell with the
+    other option's values, so that a value matching none is refused in a list as it is alone (``--schedules 1,2``
+    does not silently run the 1x cell only)."""
+    cells = PRESETS[preset_name].cells
+
+    def chosen(regime_values, schedule_values):
+        return [c for c in cells if (regime_values is None or c.regime in regime_values)
+                and (schedule_values is None or c.schedule in schedule_values)]
+
+    for option, values, alone in (("--regimes", regimes, lambda v: chosen([v], schedules)),
+                                  ("--schedules", schedules, lambda v: chosen(regimes, [v]))):
+        for value in values or ():
+            if not alone(value):
+                parser.error(f"no cell of the {preset_name} preset matches {option} {value} (with --regimes "
+                             f"{','.join(regimes) if regimes else '(any)'} --schedules "
+                             f"{','.join(map(str, schedules)) if schedules else '(any)'}); its cells: "
+                             + ", ".join(c.name for c in cells))
+    return chosen(regimes, schedules)
 
 
 def with_earlier(names: Sequence[str], methods: dict) -> Tuple[str, ...]:
@@ -170,5 +198,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             seeds = args.seeds or list(range(cell.seeds))
             print(f"{cell.name}: seeds {','.join(map(str, seeds))}; methods {','.join(cell.methods)}")
         return 0
+    if args.report_only:
+        print("wrote " + ", ".join(str(p) for p in rewrite_report(Path(args.out))), flush=True)
+        return 0
     run_study(args)
     return 0
+
+
+def rewrite_report(out: Path) -> list:
+    """The report of ``out``'s finished runs, with the settings its study saved (``OUT/settings.json``)."""
+    path = out / "settings.json"
+    if not path.exists():
+        raise SystemExit(f"python -m open_clip_elip.study: error: --report-only: no {path}; run the study into "
+                         f"{out} first")
+    return write_report(out, json.loads(path.read_text()), descriptions())

@@ -28,6 +28,7 @@ class StudyData:
     eval_root: Path  # and its --dataset_root
     heldout: Optional[str]  # image-caption shards for the leak diagnostic (None: no diagnostic)
     preview: Optional[Path] = None  # a picture of training samples with their captions
+    boxes: bool = False  # the held-out pairs are two-item scenes canvases with their boxes (steering diagnostic)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def _scenes(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:
     if not preview.exists():
         scenes.save_preview(fashion_mnist.shard_pattern(train), preview)
     return StudyData(fashion_mnist.shard_pattern(train), scenes.DATASET, evaluation,
-                     fashion_mnist.shard_pattern(heldout), preview)
+                     fashion_mnist.shard_pattern(heldout), preview, boxes=True)
 
 
 def _custom(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:

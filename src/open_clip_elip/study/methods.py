@@ -5,7 +5,7 @@ its defaults (``catalogue``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 from ..core.registry import FAMILIES
 
@@ -20,7 +20,8 @@ class Method:
     family: a registered family (``core.registry``) whose model config (``<base>-<name>``: the family's defaults
         for the base model, then ``options``) is trained; None: the stock base model.
     flags: extra trainer flags; ``{drop_prob}``, ``{low_res_size}`` are filled from the plan's budgets.
-    samples: ``full`` (the preset's samples per epoch) or ``matched`` (ELIP's training FLOPs, whole batches).
+    samples: ``full`` (the preset's samples per epoch), ``matched`` (ELIP's training FLOPs, whole batches) or a
+        fraction of the preset's samples per epoch (whole batches: a rung of the stock compute ladder).
     continues: a method whose run (same seed) this one continues for its last epoch (``--resume``; a checkpoint
         of another image size is resized first, ``open_clip_elip.resize``).
     cost: how training FLOPs are counted: ``model`` (the model's cost model), ``samples`` (stock per sample),
@@ -35,7 +36,7 @@ class Method:
     family: Optional[str] = None
     options: Mapping = field(default_factory=dict)
     flags: Tuple[str, ...] = ()
-    samples: str = "full"
+    samples: Union[str, float] = "full"
     continues: Optional[str] = None
     cost: str = MODEL
     eval_image_size: Optional[str] = None
@@ -45,6 +46,10 @@ class Method:
 METHODS: Tuple[Method, ...] = (
     Method("stock", "the plain model, full schedule"),
     Method("stock-matched", "the plain model, fewer samples: the training FLOPs of elip", samples="matched",
+           cost=SAMPLES),
+    Method("stock-0.67", "the plain model on 0.67x the samples (a rung of the stock compute ladder)", samples=2 / 3,
+           cost=SAMPLES),
+    Method("stock-0.5", "the plain model on half the samples (a rung of the stock compute ladder)", samples=0.5,
            cost=SAMPLES),
     Method("elip", "ELIP as in the paper (look-ahead scoring, lam 0.8, merge)", family="elip", leak=True),
     Method("elip-first-layer", "ELIP scored by the first layer of each block (no look-ahead)", family="elip",
@@ -71,6 +76,8 @@ METHODS: Tuple[Method, ...] = (
            options={"caption_pairing": "other_row"}, leak=True),
     Method("elip-balanced", "ELIP with the text term rescaled to the CLS norm (ours, not the paper's)",
            family="elip", options={"fusion": "norm_matched"}, leak=True),
+    Method("elip-text-only", "ELIP scored by the caption alone (lam 0, text term at the CLS norm; ours)",
+           family="elip", options={"lam": 0.0, "fusion": "norm_matched"}, leak=True),
     Method("tome", "ToMe, r tokens merged per layer, r closest to ELIP's token-layer budget (merges at inference too)",
            family="tome"),
     Method("mask-random", "FLIP's random input mask: half the patches kept, in training only", family="mask",
@@ -96,6 +103,11 @@ METHODS: Tuple[Method, ...] = (
            "resumed)", family="mask", options={"strategy": "attentive_text", "keep_ratio": 1.0},
            continues="mask-attentive-text", cost=CONTINUED),
 )
+
+
+# the stock compute ladder: the plain model at 1.0, elip's (about 0.83), 0.67 and 0.5 of its training FLOPs;
+# the report reads every other method against it at equal FLOPs (interpolated between rungs, paired by seed)
+LADDER = ("stock", "stock-matched", "stock-0.67", "stock-0.5")
 
 
 def catalogue() -> Dict[str, Method]:

@@ -15,11 +15,12 @@ from ..core import registry
 from ..core.costs import TowerCost, predict_plain, text_train_flops
 from . import methods as m
 
-# the methods every cell of the default study runs: the issue's key comparisons (elip against each) and what
-# they continue; the other rows of ``methods`` run when named (--methods)
-KEY_METHODS = ("stock", "stock-matched", "elip", "elip-vision-only", "evit", "tome", "flip-budget",
+# the methods every cell of the default study runs: the stock compute ladder (every method's equal-FLOPs
+# reference), the issue's key comparisons (elip against each) and what they continue; the other rows of
+# ``methods`` run when named (--methods)
+KEY_METHODS = (*m.LADDER, "elip", "elip-balanced", "elip-vision-only", "evit", "tome", "flip-budget",
                "flip-budget+tune", "low-res", "low-res+tune")
-CORE_METHODS = ("stock", "stock-matched", "elip", "low-res", "low-res+tune")  # the longer schedule's
+CORE_METHODS = (*m.LADDER, "elip", "low-res", "low-res+tune")  # the longer schedule's
 
 
 @dataclass(frozen=True)
@@ -167,13 +168,25 @@ class Planner:
         return Budgets(drop_prob=prob, matched_samples=max(preset.batch_size, matched),
                        matched_fraction=matched / preset.samples_per_epoch, low_res_size=configs.low_res_size)
 
+    def samples(self, method: m.Method) -> int:
+        """Samples per epoch of ``method``: the preset's, elip's budget, or a fraction of the preset's in whole
+        batches (at least one)."""
+        preset = self.preset
+        if method.samples == "full":
+            return preset.samples_per_epoch
+        if method.samples == "matched":
+            return self.budgets.matched_samples
+        if isinstance(method.samples, (int, float)) and 0 < method.samples <= 1:
+            return max(1, round(preset.samples_per_epoch * method.samples / preset.batch_size)) * preset.batch_size
+        raise ValueError(f"method {method.name}: samples must be 'full', 'matched' or a fraction in (0, 1], got "
+                         f"{method.samples!r}")
+
     def run(self, method: m.Method, seed: int) -> Run:
         configs, fields = self.configs, asdict(self.budgets)
         leak_source = method if method.family else m.catalogue().get(method.continues or "")
         run = Run(method.name, seed, configs.trained(method), configs.evaluated(method), self.regime, self.schedule,
                   flags=[flag.format(**fields) for flag in method.flags],
-                  samples_per_epoch=self.budgets.matched_samples if method.samples == "matched"
-                  else self.preset.samples_per_epoch,
+                  samples_per_epoch=self.samples(method),
                   after=method.continues,
                   leak_model=configs.trained(leak_source) if method.leak and leak_source else None,
                   pruned_model=configs.pruned(method))

@@ -7,6 +7,18 @@ A cell is one regime (training and evaluation data) at one schedule (a multiple 
 method the mean, standard deviation and 95% confidence interval (Student's t) over seeds; per pair of methods the
 same for their paired difference (same seed, same data order). A difference whose interval contains 0 is called
 "not distinguishable".
+
+The verdict column reads every method against the stock compute ladder (``methods.LADDER``: the plain model at
+several fractions of its training FLOPs): per seed, stock's accuracy at the method's training FLOPs, interpolated
+linearly between the two nearest rungs of that seed, is subtracted from the method's; the differences' interval
+is the verdict. A cell's key comparisons (that column, ELIP against each reference, ELIP scored pruned) are one
+family for Holm's step-down adjustment: the report shows each raw interval and the adjusted one, drawn at the
+level Holm's step tests that comparison at, so an adjusted interval excludes 0 exactly when Holm rejects.
+
+A run whose zero-shot top-1 or final training loss lies far from its cell's other seeds of the same method (more
+than ``OUTLIER_SDS`` robust standard deviations and more than the floor ``OUTLIER_FLOORS`` from their median; the
+robust sd is 1.4826 x the median absolute deviation of the cell's runs from their method's median) is flagged in
+``results.csv`` and the report; it stays in the statistics, so the reader sees both.
 """
 from __future__ import annotations
 
@@ -21,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .methods import LADDER
 from .plan import cell_name
 
 TOP1, PRUNED = "zeroshot_top1", "zeroshot_top1_pruned"
@@ -29,16 +42,25 @@ CELL = ["regime", "schedule"]
 RUN = [*CELL, "method", "seed"]  # what names a run: every record the runner writes has these
 COLUMNS = [*RUN, "status", TOP1, "zeroshot_top5", PRUNED, "linear_probe_top1",
            "train_gflops_per_image", "step_time_ratio", "train_seconds", "seconds_per_step", "samples_seen",
-           "model", "eval_model", "trainer_flags", "wall_seconds", "error"]
+           "final_train_loss", "flag", "model", "eval_model", "trainer_flags", "wall_seconds", "error"]
 REGIMES = ("fashion", "scenes", "custom")  # the report's order; other regimes follow, by name
 KEY_METHOD = "elip"
-KEY_REFERENCES = ("stock-matched", "flip-budget+tune", "low-res+tune", "evit", "tome", "elip-vision-only", "stock")
+KEY_REFERENCES = ("stock-matched", "flip-budget+tune", "low-res+tune", "evit", "tome", "elip-vision-only",
+                  "elip-balanced", "elip-text-only", "stock")
+EQUAL_FLOPS = "stock at equal FLOPs"  # the reference of the verdict column (read off the ladder)
+OUTSIDE = "outside the stock ladder"  # a method cheaper or dearer than every rung of the ladder
+LADDER_SLACK = 0.01  # a cost this share beyond the ladder's end rungs reads the end rung
+ALPHA = 0.05  # the family-wise error rate of Holm's adjustment, per cell
+OUTLIER_SDS = 3.0  # robust sds from the median of the other seeds that flag a run
+FINAL_SHARE = 0.1  # the final training loss: mean of the last tenth of the samples' logged losses
 PRUNED_REFERENCES = ("evit", "tome")  # reduce tokens at inference too: compared with elip scored pruned
 PRUNED_LABEL, UNPRUNED_LABEL = "elip scored pruned", "elip unpruned"
 HALF_WIDTH_TARGET = 2.0  # points: the precision each key comparison should reach
+OUTLIER_FLOORS = {TOP1: 2 * HALF_WIDTH_TARGET, "final_train_loss": 0.1}  # and at least this far (points, nats)
 STABLE_SD, STABLE_SEEDS = 2.0, 5  # a cell is stable when stock's sd is at most this on at least this many seeds
 TOO_FEW = "too few seeds to tell"
-VERDICT_COLUMNS = [*CELL, "method", "reference", "n", "mean", "low", "high", "half_width", "verdict", "cost_ratio"]
+VERDICT_COLUMNS = [*CELL, "method", "reference", "n", "mean", "low", "high", "half_width", "verdict", "p", "p_holm",
+                   "low_holm", "high_holm", "verdict_holm", "cost_ratio"]
 SCHEDULE_FILLS = ("full", "none", "left", "bottom", "right", "top")  # pareto markers, by schedule within a regime
 
 
@@ -60,6 +82,7 @@ def collect(out: Path) -> pd.DataFrame:
             raise ValueError(f"{path} lacks {', '.join(missing)}: every run record the study writes has them; "
                              "rerun that run (delete its folder and run the study again) or add the fields")
     frame = pd.DataFrame(records)
+    frame["final_train_loss"] = [final_loss(path.with_name("curve.csv")) for path in paths]
     for column in COLUMNS:
         if column not in frame:
             frame[column] = np.nan
@@ -67,10 +90,48 @@ def collect(out: Path) -> pd.DataFrame:
     stock = frame.seconds_per_step.where((frame.status == "ok") & (frame.method == "stock"))
     frame["step_time_ratio"] = frame.seconds_per_step / stock.groupby([frame.regime, frame.schedule]).transform(
         "median")
+    frame["flag"] = outlier_flags(frame)
     extra = sorted(c for c in frame.columns if c not in COLUMNS and c != "resume_from")
     rank = {regime: i for i, regime in enumerate(regime_order(frame.regime))}
     return frame[COLUMNS + extra].sort_values(
         RUN, key=lambda c: c.map(rank) if c.name == "regime" else c).reset_index(drop=True)
+
+
+def final_loss(curve: Path) -> float:
+    """Mean logged training loss over the last ``FINAL_SHARE`` of a run's samples (NaN without a curve)."""
+    if not curve.exists():
+        return math.nan
+    rows = pd.read_csv(curve)
+    return float(rows.loss[rows.samples >= (1 - FINAL_SHARE) * rows.samples.max()].mean()) if len(rows) else math.nan
+
+
+def far_from_others(values: pd.Series, groups: pd.Series, floor: float) -> pd.Series:
+    """Per value: further from the median of the OTHER values of its group (its method's other seeds) than
+    ``OUTLIER_SDS`` robust sds and than ``floor``. The robust sd is pooled over the groups (one cell's methods):
+    1.4826 x the median absolute deviation of every value from its group's median, so that three seeds of a method
+    are enough. False with fewer than two others, or when unknown."""
+    deviation = (values - values.groupby(groups).transform("median")).abs()
+    robust_sd = 1.4826 * deviation.median()
+    flags = pd.Series(False, index=values.index)
+    for index, value in values.items():
+        others = values[(groups == groups[index]) & (values.index != index)].dropna()
+        if len(others) < 2 or pd.isna(value):
+            continue
+        gap = abs(value - others.median())
+        flags[index] = gap > floor and gap > OUTLIER_SDS * robust_sd
+    return flags
+
+
+def outlier_flags(frame: pd.DataFrame) -> pd.Series:
+    """Per run, what lies far from the other seeds of its method in its cell (``far_from_others``, the robust sd
+    pooled over the cell's methods): ``top-1``, ``loss``, both (``top-1, loss``) or nothing (empty)."""
+    ok = frame[frame.status == "ok"]
+    names = {TOP1: "top-1", "final_train_loss": "loss"}
+    parts = pd.DataFrame(False, index=frame.index, columns=list(names.values()))
+    for _, cell in ok.groupby(["regime", "schedule"]):
+        for column, floor in OUTLIER_FLOORS.items():
+            parts.loc[cell.index, names[column]] = far_from_others(cell[column], cell.method, floor)
+    return parts.apply(lambda row: ", ".join(name for name in names.values() if row[name]), axis=1)
 
 
 def cell_frames(frame: pd.DataFrame) -> Iterator[Tuple[str, int, pd.DataFrame]]:
@@ -100,6 +161,61 @@ def paired(frame: pd.DataFrame, method: str, reference: str, metric: str,
     b = ok[ok.method == reference].set_index("seed")[reference_metric or metric]
     seeds = a.index.intersection(b.index)
     return interval((a[seeds] - b[seeds]).tolist())
+
+
+def at_equal_flops(frame: pd.DataFrame, method: str, metric: str = TOP1) -> dict:
+    """``interval`` of ``method``'s ``metric`` minus stock's at the same training FLOPs per image, read off the
+    ladder (``LADDER``) of the same seed: linear in FLOPs between the two nearest rungs. A cost within
+    ``LADDER_SLACK`` outside the end rungs reads the end rung (whole batches make stock-matched's cost differ from
+    elip's by about 0.1%); seeds whose method cost lies further outside (or with fewer than two rungs) are left
+    out. ``frame``: one cell's runs."""
+    ok = frame[frame.status == "ok"]
+    rungs = ok[ok.method.isin(LADDER)]
+    differences = []
+    for seed, run in ok[ok.method == method].set_index("seed").iterrows():
+        ladder = rungs[rungs.seed == seed].sort_values("train_gflops_per_image")
+        flops, accuracy = ladder.train_gflops_per_image.to_numpy(float), ladder[metric].to_numpy(float)
+        cost = float(run.train_gflops_per_image)
+        if len(ladder) >= 2 and flops[0] * (1 - LADDER_SLACK) <= cost <= flops[-1] * (1 + LADDER_SLACK):
+            differences.append(float(run[metric]) - float(np.interp(cost, flops, accuracy)))  # clipped to the ends
+    return interval(differences)
+
+
+def p_value(d: dict) -> float:
+    """Two-sided p-value of the paired t-test behind ``interval`` ``d`` (NaN with fewer than two seeds)."""
+    n, sd = d["n"], d["sd"]
+    if n < 2 or pd.isna(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0 if d["mean"] != 0 else 1.0
+    return float(2 * stats.t.sf(abs(d["mean"]) / (sd / math.sqrt(n)), n - 1))
+
+
+def holm(p_values: Sequence[float], alpha: float = ALPHA) -> Tuple[List[float], List[float]]:
+    """Holm's step-down adjustment of one family: the adjusted p-values, and per hypothesis the two-sided level
+    its adjusted interval is drawn at: ``alpha / (m - i)`` at (0-based) rank i up to the first hypothesis Holm
+    keeps, that one's level for every later rank, so an adjusted interval excludes 0 exactly when Holm rejects.
+    NaN p-values are outside the family (NaN out)."""
+    tested = sorted((i for i, p in enumerate(p_values) if not math.isnan(p)), key=lambda i: p_values[i])
+    m = len(tested)
+    adjusted, levels = [math.nan] * len(p_values), [math.nan] * len(p_values)
+    running, kept_level = 0.0, None
+    for rank, i in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+        level = alpha / (m - rank)
+        if kept_level is None and p_values[i] > level:
+            kept_level = level
+        levels[i] = kept_level if kept_level is not None else level
+    return adjusted, levels
+
+
+def at_level(d: dict, level: float) -> Tuple[float, float]:
+    """``d``'s interval at two-sided level ``level`` (t distribution) instead of 0.05."""
+    if d["n"] < 2 or math.isnan(level):
+        return math.nan, math.nan
+    half = stats.t.ppf(1 - level / 2, d["n"] - 1) * d["sd"] / math.sqrt(d["n"])
+    return d["mean"] - half, d["mean"] + half
 
 
 def verdict(diff: dict, unit: str = "points") -> str:
@@ -168,24 +284,44 @@ def summary(frame: pd.DataFrame, methods: Dict[str, str]) -> pd.DataFrame:
 
 
 def key_comparisons(frame: pd.DataFrame) -> List[dict]:
-    """One cell's key comparisons of zero-shot top-1: elip minus each of ``KEY_REFERENCES`` present; elip scored
-    pruned minus elip unpruned (same checkpoint) and minus each of ``PRUNED_REFERENCES`` present (pruned against
-    pruned). With the CI half-width, the verdict and the reference's training FLOPs over elip's."""
+    """One cell's key comparisons of zero-shot top-1: every method but the ladder's rungs against stock at its
+    own training FLOPs (``at_equal_flops``: the verdict column); elip minus each of ``KEY_REFERENCES`` present
+    (but the ladder's cheaper rungs when elip's verdict-column row reads them);
+    elip scored pruned minus elip unpruned (same checkpoint) and minus each of ``PRUNED_REFERENCES`` present
+    (pruned against pruned). With the CI half-width, the raw verdict, the p-value, Holm's adjusted p-value,
+    interval and verdict over these rows (``holm``), and the reference's training FLOPs over the method's."""
     ok = frame[frame.status == "ok"]
     present = set(ok.method)
-    if KEY_METHOD not in present:
-        return []
-    pairs = [(TOP1, ref, TOP1, KEY_METHOD, ref) for ref in KEY_REFERENCES if ref in present]
-    pairs.append((PRUNED, KEY_METHOD, TOP1, PRUNED_LABEL, UNPRUNED_LABEL))
-    pairs += [(PRUNED, ref, PRUNED, PRUNED_LABEL, ref) for ref in PRUNED_REFERENCES if ref in present]
     flops = ok.groupby("method").train_gflops_per_image.mean()
     rows = []
-    for metric, reference, reference_metric, label, reference_label in pairs:
-        d = paired(frame, KEY_METHOD, reference, metric, reference_metric)
-        rows.append({"method": label, "reference": reference_label, "n": d["n"], "mean": d["mean"],
-                     "low": d["low"], "high": d["high"], "half_width": d["high"] - d["mean"], "verdict": verdict(d),
-                     "cost_ratio": flops[reference] / flops[KEY_METHOD]})
-    return rows
+
+    def add(label, reference_label, d, cost_ratio, outside=False):
+        rows.append({"method": label, "reference": reference_label, "d": d, "cost_ratio": cost_ratio,
+                     "verdict": OUTSIDE if outside else verdict(d)})
+
+    if len(present & set(LADDER)) >= 2:  # a ladder: at least two rungs
+        for method in [m for m in dict.fromkeys(ok.method) if m not in LADDER]:
+            d = at_equal_flops(frame, method)
+            add(method, EQUAL_FLOPS, d, 1.0, outside=d["n"] == 0)
+    on_ladder = {r["method"] for r in rows if r["d"]["n"]}
+    if KEY_METHOD in present:  # a rung that the verdict column reads already is not counted twice
+        for ref in (r for r in KEY_REFERENCES if r in present and not (r in LADDER[1:] and KEY_METHOD in on_ladder)):
+            add(KEY_METHOD, ref, paired(frame, KEY_METHOD, ref, TOP1), flops[ref] / flops[KEY_METHOD])
+        add(PRUNED_LABEL, UNPRUNED_LABEL, paired(frame, KEY_METHOD, KEY_METHOD, PRUNED, TOP1), 1.0)
+        for ref in (r for r in PRUNED_REFERENCES if r in present):
+            add(PRUNED_LABEL, ref, paired(frame, KEY_METHOD, ref, PRUNED, PRUNED), flops[ref] / flops[KEY_METHOD])
+    p = [p_value(r["d"]) for r in rows]
+    adjusted, levels = holm(p)
+    out = []
+    for row, p_raw, p_adj, level in zip(rows, p, adjusted, levels):
+        d = row.pop("d")
+        low, high = at_level(d, level)
+        adjusted_d = {**d, "low": low, "high": high}
+        out.append({**row, "n": d["n"], "mean": d["mean"], "low": d["low"], "high": d["high"],
+                    "half_width": d["high"] - d["mean"], "p": p_raw, "p_holm": p_adj, "low_holm": low,
+                    "high_holm": high,
+                    "verdict_holm": row["verdict"] if row["verdict"] == OUTSIDE else verdict(adjusted_d)})
+    return out
 
 
 def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -219,6 +355,32 @@ def leak_section(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
                   "norm of text term / CLS term"], rows)
 
 
+def steering_section(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
+    """Per method with the steering diagnostic (``open_clip_elip.steering``, ``steer_*`` columns): the kept patch
+    tokens' shares on the named item, the other item and background, and the steering, each with its 95% CI over
+    seeds (mean over pruned blocks), then the steering per block."""
+    column = "steer_steering"
+    ok = frame[(frame.status == "ok") & frame.get(column, pd.Series(dtype=float)).notna()]
+    if ok.empty:
+        return ("No steering diagnostic in this cell (it runs on ELIP-family checkpoints of the scenes regime; "
+                "evit, tome and the other families do not report which patches they keep).\n")
+    blocks = sorted({int(c.rsplit("_b", 1)[1]) for c in ok.columns if c.startswith("steer_steering_b")})
+    rows = []
+    for method in method_order(ok, methods):
+        runs = ok[ok.method == method]
+        rows.append([f"`{method}`", len(runs),
+                     *(fmt_interval(interval(runs[f"steer_kept_{r}"])) for r in ("named", "other", "background")),
+                     fmt_diff(interval(runs[column])) + f" ({verdict(interval(runs[column]))})",
+                     " / ".join(f"{runs[f'steer_steering_b{b}'].mean():+.2f}" for b in blocks)])
+    return ("Held-out two-item canvases, each guided once by a caption naming its first item and once by the same "
+            "template naming its second. Shares: % of the kept patch tokens whose centre lies on the item the "
+            "caption names, on the other item, on the background (mean over both captions and the pruned blocks). "
+            "Steering: how far the kept share moves toward whichever item the caption names, in points; exactly 0 "
+            "for a selection that does not read the caption.\n\n"
+            + table(["method", "runs", "kept on the named item, %", "on the other item, %", "on background, %",
+                     "steering, points [95% CI]", f"steering per block ({'/'.join(str(b) for b in blocks)})"], rows))
+
+
 def controls(frame: pd.DataFrame) -> List[str]:
     """The caption questions, answered from the paired differences (zero-shot top-1)."""
     lines, present = [], set(frame[frame.status == "ok"].method)
@@ -232,6 +394,7 @@ def controls(frame: pd.DataFrame) -> List[str]:
     say("elip", "elip-vision-only", "Does the paired caption beat vision-only scoring at equal cost?")
     say("elip-random-caption", "elip", "Does another row's caption beat the paired one?")
     say("elip-balanced", "elip", "Does the norm-matched fusion change the accuracy?")
+    say("elip-text-only", "elip-vision-only", "Does choosing by the caption alone beat choosing by the image alone?")
     ok = frame[(frame.status == "ok") & (frame.method == "elip")]
     if "leak_top1" in ok and ok.leak_top1.notna().any():
         top1, loss = interval(ok.leak_top1), interval(ok.leak_loss)
@@ -301,7 +464,9 @@ def accuracy_table(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
     rows = []
     for method, row in s.iterrows():
         get = {m: {k: row[f"{m}_{k}"] for k in ("n", "mean", "sd", "low", "high")} for m in METRICS}
-        runs = f"{int(row.runs_ok)}" + (f" ({int(row.runs_failed)} failed)" if row.runs_failed else "")
+        flagged = int(frame[(frame.method == method) & (frame.status == "ok")].flag.fillna("").astype(bool).sum())
+        runs = f"{int(row.runs_ok)}" + (f" ({int(row.runs_failed)} failed)" if row.runs_failed else "") + (
+            f" ({flagged} flagged)" if flagged else "")
         rows.append([f"`{method}`", runs, *(fmt_interval(get[m]) for m in METRICS),
                      num(row.train_gflops_per_image, 4), num(row.train_gflops_per_image / stock_flops, 3),
                      num(row.step_time_ratio), num(row.train_seconds, 0)])
@@ -310,15 +475,56 @@ def accuracy_table(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
                   "step time x stock", "train s (median)"], rows)
 
 
+def fmt_adjusted(r: dict, digits: int = 2) -> str:
+    """A key comparison's Holm-adjusted interval (``-`` where it has none)."""
+    if r["n"] < 2 or pd.isna(r["low_holm"]):
+        return "-"
+    return f"{r['mean']:+.{digits}f} [{r['low_holm']:+.{digits}f}, {r['high_holm']:+.{digits}f}]"
+
+
 def comparisons_table(rows: List[dict]) -> str:
     if not rows:
-        return "No `elip` runs in this cell.\n"
+        return "No `elip` runs and no stock ladder in this cell.\n"
     met = {True: "±2 met", False: "not met"}
     return table(["comparison", "seeds", "difference, points [95% CI]", "CI half-width",
-                  f"half-width ≤ {HALF_WIDTH_TARGET:g}", "verdict", "cost x elip's"],
+                  f"half-width ≤ {HALF_WIDTH_TARGET:g}", "verdict", "p", "Holm: adjusted p",
+                  "Holm: adjusted interval", "Holm: verdict", "reference's cost x method's"],
                  [[f"`{r['method']}` minus `{r['reference']}`", r["n"], fmt_diff(r), num(r["half_width"]),
                    "-" if pd.isna(r["half_width"]) else met[r["half_width"] <= HALF_WIDTH_TARGET], r["verdict"],
-                   num(r["cost_ratio"])] for r in rows])
+                   num(r["p"], 4), num(r["p_holm"], 4), fmt_adjusted(r), r["verdict_holm"], num(r["cost_ratio"])]
+                  for r in rows])
+
+
+def verdict_column(rows: List[dict]) -> str:
+    """Per method: against stock at its own training FLOPs (the verdict), and elip against it beside it, each raw
+    and Holm-adjusted."""
+    ladder = [r for r in rows if r["reference"] == EQUAL_FLOPS]
+    if not ladder:
+        return "No stock ladder (two rungs or more) in this cell: no method is read against stock at equal compute.\n"
+    elip = {r["reference"]: r for r in rows if r["method"] == KEY_METHOD}
+    cells = []
+    for r in ladder:
+        e = elip.get(r["method"])
+        cells.append([f"`{r['method']}`", fmt_diff(r), fmt_adjusted(r), r["verdict_holm"],
+                      *((fmt_diff(e), fmt_adjusted(e), e["verdict_holm"]) if e else ("-",) * 3)])
+    return table(["method", "minus stock at equal FLOPs [95% CI]", "Holm-adjusted", "verdict (Holm)",
+                  f"`{KEY_METHOD}` minus it [95% CI]", f"`{KEY_METHOD}` minus it, Holm-adjusted",
+                  f"`{KEY_METHOD}`'s verdict (Holm)"], cells)
+
+
+def flagged_runs(frame: pd.DataFrame) -> str:
+    """The cell's runs far from their method's other seeds (``outlier_flags``)."""
+    flagged = frame[(frame.status == "ok") & frame.flag.fillna("").astype(bool)]
+    rule = (f"more than {OUTLIER_SDS:g} robust sds (1.4826 x the median absolute deviation of the cell's runs from "
+            f"their method's median) and more than "
+            f"{OUTLIER_FLOORS[TOP1]:g} points of top-1 or {OUTLIER_FLOORS['final_train_loss']:g} nats of final "
+            "training loss from the median of the method's other seeds in this cell")
+    if flagged.empty:
+        return f"No run lies far from its method's other seeds ({rule}).\n"
+    return (f"These runs lie far from their method's other seeds ({rule}); they stay in the statistics above:\n\n"
+            + table(["method", "seed", "far in", "zero-shot top-1", "final training loss"],
+                    [[f"`{r.method}`", r.seed, r.flag, num(r.zeroshot_top1), num(r.final_train_loss, 3)]
+                     for r in flagged.itertuples()]))
 
 
 def paired_table(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
@@ -345,19 +551,30 @@ def cell_intro(info: dict) -> str:
 
 
 def cell_section(regime: str, schedule: int, frame: pd.DataFrame, settings: dict, methods: Dict[str, str]) -> List[str]:
-    """The section of one cell: its setup, accuracy and cost, key comparisons, paired differences, controls."""
+    """The section of one cell: its setup, accuracy and cost, the verdict column, key comparisons, flagged runs,
+    paired differences, controls."""
+    comparisons = key_comparisons(frame)
     return [
         f"## {regime}, {schedule}x schedule\n",
         cell_intro(cell_settings(settings, regime, schedule)),
         "### Accuracy and cost per method\n",
         accuracy_table(frame, methods),
+        "### Each method against stock at its own training FLOPs, and elip against it (zero-shot top-1)\n",
+        "Stock's accuracy at a method's training FLOPs is read off the stock ladder "
+        f"({', '.join(f'`{m}`' for m in LADDER)}), interpolated between the two nearest rungs of the same seed. "
+        f"Adjusted intervals: Holm's step-down over this cell's key comparisons (family-wise {ALPHA:g}).\n",
+        verdict_column(comparisons),
         "### Is ELIP worth it? Key comparisons (zero-shot top-1)\n",
-        comparisons_table(key_comparisons(frame)),
+        comparisons_table(comparisons),
+        "### Runs far from their method's other seeds\n",
+        flagged_runs(frame),
         "### Paired differences (points)\n",
         paired_table(frame, methods),
         "### Does the caption matter, and does it leak?\n",
         *controls(frame), "",
         leak_section(frame, methods),
+        "### Does the caption steer the kept tokens onto the item it names?\n",
+        steering_section(frame, methods),
     ]
 
 
@@ -451,7 +668,8 @@ def pyplot():
 
 def plot_pareto(points: pd.DataFrame, path: Path, title: str) -> None:
     """Zero-shot top-1 (mean, 95% CI) against training GFLOPs per image, one marker per method and schedule
-    (``points``: ``summary`` rows with a ``schedule`` column; schedules differ by marker fill)."""
+    (``points``: ``summary`` rows with a ``schedule`` column; schedules differ by marker fill), the stock ladder's
+    rungs joined by a line per schedule."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
     points = points[points.zeroshot_top1_n > 0].reset_index()
@@ -469,6 +687,12 @@ def plot_pareto(points: pd.DataFrame, path: Path, title: str) -> None:
         ax.errorbar(x, row.zeroshot_top1_mean, yerr=err, fmt=marker, color=colours[row.method], capsize=4,
                     label=label, markersize=7,
                     fillstyle=SCHEDULE_FILLS[schedules.index(row.schedule) % len(SCHEDULE_FILLS)])
+    for schedule in schedules:  # the stock ladder as a line: stock's accuracy at each compute
+        ladder = points[(points.schedule == schedule) & points.method.isin(LADDER)].sort_values(
+            "train_gflops_per_image")
+        if len(ladder) >= 2:
+            ax.plot(ladder.train_gflops_per_image, ladder.zeroshot_top1_mean, "-", color="grey", lw=1, zorder=0,
+                    label="stock ladder" + (f" ({schedule}x)" if len(schedules) > 1 else ""))
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="method")
     ax.set_xlabel("training GFLOPs per image (both towers, full schedule); equal costs spread apart")
     ax.set_ylabel("zero-shot top-1 (%), mean and 95% CI over seeds")

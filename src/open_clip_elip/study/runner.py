@@ -1,8 +1,8 @@
 """Runs the plan: each run trains with OpenCLIP's own trainer, is scored by clip_benchmark and, for
-ELIP-family checkpoints, by the leak diagnostic, each in its own process with its own log under
-``OUT/runs/<method>/seed<k>/``. A run with a ``result.json`` of status ``ok`` is never repeated; an unfinished
-or failed one is moved aside (``*.attempt-N``) and started again. Runs live in ``OUT/runs/<cell>/<method>/seed<k>/``
-(``<cell>``: regime and schedule, e.g. ``fashion-x1``)."""
+ELIP-family checkpoints, by the leak diagnostic (and on scenes canvases the steering diagnostic), each in its
+own process with its own log under ``OUT/runs/<method>/seed<k>/``. A run with a ``result.json`` of status ``ok``
+is never repeated; an unfinished or failed one is moved aside (``*.attempt-N``) and started again. Runs live in
+``OUT/runs/<cell>/<method>/seed<k>/`` (``<cell>``: regime and schedule, e.g. ``fashion-x1``)."""
 from __future__ import annotations
 
 import argparse
@@ -69,6 +69,8 @@ class Runner:
             record.update(self.evaluate(run, folder, checkpoint))
             if run.leak_model and self.data[run.regime].heldout:
                 record.update(self.leak(run, folder, checkpoint))
+                if self.data[run.regime].boxes:
+                    record.update(self.steering(run, folder, checkpoint))
             record["status"] = "ok"
         except Exception as exc:  # reported as failed in the table; the other runs go on
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -90,10 +92,12 @@ class Runner:
             sys.executable, "-m", "open_clip_train.main", "--model", run.model,
             "--train-data", self.data[run.regime].train_data, "--train-num-samples", str(run.samples_per_epoch),
             "--dataset-type", "webdataset", "--batch-size", str(preset.batch_size), "--epochs", str(epochs),
-            "--lr", str(self.args.lr), "--wd", "0.1", "--warmup", str(max(1, steps // 10)),
+            "--lr", str(self.args.lr), "--wd", "0.1", "--warmup", str(warmup_steps(steps, self.args.warmup)),
             "--precision", "fp32", "--workers", "0", "--device", "cpu", "--seed", str(run.seed),
             "--logs", str(folder / "train"), "--name", run.method, "--log-every-n-steps", str(preset.log_every),
             "--save-frequency", str(max(1, epochs - 1)), *run.flags]
+        if self.args.grad_clip_norm:
+            command += ["--grad-clip-norm", str(self.args.grad_clip_norm)]
         if run.after:  # continue the earlier run's second-to-last checkpoint: same schedule, last epoch
             command += ["--resume", self.resume_from(run, folder, before)]
         return command
@@ -171,6 +175,17 @@ class Runner:
         return {f"leak_{key}" if not key.startswith("leak_") else key: value
                 for key, value in json.loads((folder / "leak.json").read_text()).items()}
 
+    def steering(self, run: Run, folder: Path, checkpoint: str) -> dict:
+        """The steering diagnostic (``open_clip_elip.steering``) on the held-out scenes canvases: ``steer_*``."""
+        command = [sys.executable, "-m", "open_clip_elip.steering", "--model", run.leak_model, "--pretrained",
+                   checkpoint, "--data", self.data[run.regime].heldout, "--samples", str(self.preset.leak_samples),
+                   "--batch-size", str(self.preset.batch_size), "--out", str(folder / "steering.json")]
+        with open(folder / "steering.log", "w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=self.env()).returncode
+        if code:
+            raise RuntimeError(f"the steering diagnostic failed (exit status {code}); see {folder / 'steering.log'}")
+        return {f"steer_{key}": value for key, value in json.loads((folder / "steering.json").read_text()).items()}
+
     def run_all(self, runs: List[Run]) -> List[dict]:
         """Every run, ``--jobs`` at a time; finished ones are found and not repeated."""
         total, done, durations = len(runs), [0], []
@@ -213,6 +228,11 @@ class Runner:
             for run in runs:  # a run that continues another is queued after it
                 records[run.key] = pool.submit(task, run)
             return [records[run.key].result() for run in runs]
+
+
+def warmup_steps(steps: int, share: float) -> int:
+    """The trainer's warm-up: ``share`` of the run's steps, rounded down, at least one."""
+    return max(1, int(round(steps * share, 6)))
 
 
 def loss_curve(log_text: str, samples_per_epoch: int) -> pd.DataFrame:
