@@ -9,7 +9,7 @@ from open_clip.transformer import VisionTransformer
 from open_clip_elip import Family, FamilyCLIP, register_family
 from open_clip_elip.core.costs import TowerCost, predict_plain
 from open_clip_elip.core.registry import REDUCES
-from open_clip_elip.core.towers import check_prunable, pool_and_project, run_layer, swap_class
+from open_clip_elip.core.towers import check_prunable, embed, pool_and_project, run_layer, swap_class
 
 
 class StrideVisionTransformer(VisionTransformer):
@@ -27,7 +27,7 @@ class StrideVisionTransformer(VisionTransformer):
         return tuple(n0 if i < self.stride_layer else kept for i in range(len(self.transformer.resblocks)))
 
     def forward(self, x: torch.Tensor):
-        x = self._embeds(x)
+        x = embed(self, x)
         for i, layer in enumerate(self.transformer.resblocks):
             if i == self.stride_layer:
                 x = torch.cat([x[:, :1], x[:, 1::2]], dim=1)
