@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from .core import openclip, registry
-from .core.attention import attention_probs
+from .core.attention import attention_with_probs
 from .core.costs import TowerCost, predict_plain
 from .core.registry import TRAIN, Family
 from .core.towers import embed
@@ -113,7 +113,8 @@ def authors_shape_forward(visual: ElipVisionTransformer, images: torch.Tensor,
                 z[:, 0] = (1 - cfg.lam) * text_embed.to(z.dtype) + cfg.lam * z[:, 0]
                 for layer in lookahead[:-1]:
                     z = layer(z)
-                scores = attention_probs(lookahead[-1], z)[:, 0, 1:]  # averaged over heads
+                _, attn = attention_with_probs(lookahead[-1], lookahead[-1].ln_1(z))  # averaged over heads
+                scores = attn[:, 0, 1:]
             num_keep = min(int(num_tokens * cfg.keep_ratios[b - 1]), x.shape[1] - 1)
             rows = []
             for i in range(x.shape[0]):

@@ -65,8 +65,14 @@ def cls_attention(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tenso
     return cls_probs(project(block, h[:, :1], QUERY), project(block, h, KEY))
 
 
-def attention_probs(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
-    """The full attention probabilities of ``block`` on the tokens ``x``, averaged over heads: ``B x N x N``
-    (what ``need_weights=True`` of ``nn.MultiheadAttention`` gave, gone with OpenCLIP main's ``Attention``)."""
-    q, k, _ = qkv(block, block.ln_1(x))
-    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).float().softmax(dim=-1).mean(dim=1)
+def attention_with_probs(block: ResidualAttentionBlock, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The block's attention on the normalised tokens ``h`` with explicit probabilities, as
+    ``nn.MultiheadAttention(need_weights=True)`` of OpenCLIP 3.x computed it (OpenCLIP main's ``Attention`` has
+    no such option): the output (``B x N x W``, eval mode) and the probabilities averaged over heads
+    (``B x N x N``, float)."""
+    q, k, v = qkv(block, h)
+    probs = ((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).softmax(dim=-1)
+    out = probs @ v
+    batch, heads, tokens, head_width = out.shape
+    out = F.linear(out.transpose(1, 2).reshape(batch, tokens, heads * head_width), *openclip.attention_out_proj(block))
+    return out, probs.float().mean(dim=1)

@@ -203,8 +203,9 @@ def _plain_attention(block, h: torch.Tensor) -> torch.Tensor:
 
 def check() -> List[str]:
     """What the installed OpenCLIP lacks of what this package uses (empty when it can serve it): each name above,
-    and on a tiny tower, the tower's forward rebuilt from ``embeds``, the blocks, ``pool`` and the projection,
-    and each block's rebuilt from its attention weights."""
+    and on a tiny tower, ``embeds``, ``pool``, a block's attention and its forward each against a plain
+    re-computation from the weights, and the tower's forward against ``embeds``, the blocks, ``pool`` and the
+    projection."""
     problems = []
     if version_tuple(VERSION) < OLDEST:
         problems.append(f"version {VERSION} is older than {OLDEST[0]}.{OLDEST[1]}")
@@ -260,9 +261,15 @@ def _check_tower() -> List[str]:
         after = x + block.ls_1(attended)
         if not torch.allclose(after + block.ls_2(block.mlp(block.ln_2(after))), block(x), atol=1e-5):
             problems.append("a block's forward differs from attention then MLP, each with its residual")
+        patches = visual.conv1(images).flatten(2).transpose(1, 2)
+        plain = torch.cat([visual.class_embedding.expand(2, 1, -1), patches], dim=1) + visual.positional_embedding
+        if not torch.allclose(x, visual.ln_pre(plain), atol=1e-5):
+            problems.append("embeds differs from patches, CLS and positions, then ln_pre")
         for b in blocks(visual):
             x = b(x)
         pooled, _ = pool(visual, x)
+        if not torch.allclose(pooled, visual.ln_post(x)[:, 0], atol=1e-5):
+            problems.append("pool differs from the CLS token after ln_post")
         if not torch.allclose(pooled @ visual.proj, visual(images), atol=1e-5):
             problems.append("the tower's forward differs from embeds, its blocks, pool and its projection")
     return problems
