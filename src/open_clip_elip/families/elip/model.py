@@ -172,10 +172,14 @@ class ElipCLIP(FamilyCLIP):
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        # the class's methods, not the instance's: under FSDP2 the instance's encode_text / encode_image are
+        # wrappers (register_fsdp_forward_method) that gather the root's weights and free them on return, which
+        # would leave this forward with sharded ones (logit_scale) after the first call
+        cls = type(self)
+        text_features = cls.encode_text(self, text, normalize=True) if text is not None else None
         guide = text_features.detach() if text_features is not None else None
         image_features = (
-            self.encode_image(image, normalize=True, text_features=guide) if image is not None else None)
+            cls.encode_image(self, image, normalize=True, text_features=guide) if image is not None else None)
 
         if self.output_dict:
             out_dict = {
