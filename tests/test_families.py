@@ -184,3 +184,49 @@ def test_a_family_module_that_cannot_be_imported_is_named(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode != 0
     assert "OPEN_CLIP_ELIP_FAMILIES names the module 'no_such_family_module'" in result.stderr
+
+
+class BlockWeightUses(torch.overrides.TorchFunctionMode):
+    """Records each torch call that reads a vision block's parameter, and whether that block's own call
+    (``__call__``: where FSDP gathers its sharded weights) was running at the time."""
+
+    def __init__(self, visual):
+        super().__init__()
+        self.owner = {id(p): block for block in visual.transformer.resblocks for p in block.parameters()}
+        self.running, self.inside, self.outside = [], 0, []
+        for block in visual.transformer.resblocks:
+            block.register_forward_pre_hook(self.enter)
+            block.register_forward_hook(self.leave, always_call=True)
+
+    def enter(self, block, args):
+        self.running.append(block)
+
+    def leave(self, block, args, out):
+        self.running.remove(block)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for leaf in torch.utils._pytree.tree_leaves((args, kwargs)):
+            block = self.owner.get(id(leaf)) if isinstance(leaf, torch.nn.Parameter) else None
+            if block is not None:
+                if block in self.running:
+                    self.inside += 1
+                else:
+                    self.outside.append(func.__name__)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_every_use_of_a_blocks_weights_runs_inside_the_blocks_own_call(family_configs, name, checkpointing):
+    """What lets FSDP2 shard a family's tower per block (``fully_shard`` gathers a block's weights in hooks on its
+    call): a guided training step, forward and backward, reads a vision block's weights only inside that block's
+    call, scoring and reduction included."""
+    model, _ = models(name)
+    model.train()
+    model.set_grad_checkpointing(checkpointing)
+    images, text = torch.randn(3, 3, 32, 32), open_clip.tokenize(["a one", "a two", "a three"], context_length=16)
+    uses = BlockWeightUses(model.visual)
+    with uses:
+        open_clip.ClipLoss()(*model(images, text)).backward()
+    assert uses.outside == [] and uses.inside > 0
