@@ -71,6 +71,11 @@ def test_the_check_reads_each_attention_attribute(monkeypatch):
     assert openclip.attention_in_proj(block)[0].shape == (48, 16)
     assert openclip.attention_out_proj(block)[0].shape == (16, 16)
     assert openclip.attention_dropout(ResidualAttentionBlock(16, 2)) == 0.0
+    with_dropout = ResidualAttentionBlock(16, 2)
+    with_dropout.attn = torch.nn.MultiheadAttention(16, 2, dropout=0.25, batch_first=True)  # as OpenCLIP 3.x builds it
+    assert openclip.attention_dropout(with_dropout) == 0.25 and openclip.plain_attention(with_dropout)
+    with_dropout.attn = torch.nn.MultiheadAttention(16, 2, batch_first=False)
+    assert not openclip.plain_attention(with_dropout)
     monkeypatch.setattr(openclip, "attention_heads", lambda block: 1)
     assert openclip.check()  # heads read wrong: the recomputation differs
 

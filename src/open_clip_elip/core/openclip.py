@@ -162,7 +162,7 @@ def attention_out_proj(block: ResidualAttentionBlock) -> Tuple[torch.Tensor, Opt
 def attention_dropout(block: ResidualAttentionBlock) -> float:
     """The dropout probability on the attention weights (3.x: ``attn.dropout``; main: ``attn.attn_drop.p``)."""
     attn = block.attn
-    return attn.attn_drop.p if isinstance(attn, torch.nn.Module) and hasattr(attn, "attn_drop") else attn.dropout
+    return attn.attn_drop.p if hasattr(attn, "attn_drop") else attn.dropout
 
 
 def plain_attention(block: ResidualAttentionBlock) -> bool:
