@@ -13,6 +13,7 @@ OpenCLIP, by name and on a tiny tower against OpenCLIP's own forward; registrati
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import re
 import warnings
@@ -28,7 +29,15 @@ from open_clip.transformer import PatchDropout, ResidualAttentionBlock, VisionTr
 
 __all__ = ["CLIP", "PatchDropout", "ResidualAttentionBlock", "VisionTransformer"]
 
-VERSION = getattr(open_clip, "__version__", "unknown")
+def _installed_version() -> str:
+    """``open_clip.__version__`` (2.24 has none: then the distribution's)."""
+    try:
+        return getattr(open_clip, "__version__", None) or importlib.metadata.version("open_clip_torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _installed_version()
 SUPPORTED = "2.32, 3.0 to 3.3 and main (4.x; checked at commit 89fb801, 4.2.0.dev0)"
 OLDEST = (2, 32)
 _state: dict = {}  # "problems": the result of check(), once
@@ -284,6 +293,6 @@ def usable() -> bool:
             warnings.warn(
                 f"open_clip_elip: OpenCLIP {VERSION} is not supported (supported: {SUPPORTED}): "
                 f"{'; '.join(_state['problems'])}. No -elip/-evit/-tome model is registered and open_clip works as "
-                "without this package; install a supported open_clip_torch (e.g. pip install "
-                "'open_clip_torch>=3.0,<3.4')", RuntimeWarning, stacklevel=2)
+                "without this package; install a supported open_clip_torch (e.g. pip install open_clip_torch==3.3.0)",
+                RuntimeWarning, stacklevel=2)
     return not _state["problems"]
