@@ -230,3 +230,19 @@ def test_every_use_of_a_blocks_weights_runs_inside_the_blocks_own_call(family_co
     with uses:
         open_clip.ClipLoss()(*model(images, text)).backward()
     assert uses.outside == [] and uses.inside > 0
+
+
+@pytest.mark.parametrize("apply, options", [("apply_elip", {"layout": [1, 1]}), ("apply_evit", {"keep_rate": 2.0}),
+                                            ("apply_tome", {"r": -1})])
+def test_a_rejected_option_leaves_the_tower_and_its_blocks_stock(family_configs, apply, options):
+    from open_clip_elip.core.openclip import ResidualAttentionBlock, VisionTransformer
+    from open_clip_elip.core.towers import OpBlock
+
+    applies = {name: family.apply for name, family in FAMILIES.items()}
+    model = open_clip.create_model(BASE)
+    with pytest.raises(ValueError):
+        applies[apply.removeprefix("apply_")](model, **options)
+    assert type(model.visual) is VisionTransformer
+    assert {type(block) for block in model.visual.transformer.resblocks} == {ResidualAttentionBlock}
+    applies[apply.removeprefix("apply_")](model)
+    assert {type(block) for block in model.visual.transformer.resblocks} == {OpBlock}

@@ -264,6 +264,10 @@ def _check_tower() -> List[str]:
                          ("grad_checkpointing", grad_checkpointing(visual) is False)):
             if not ok:
                 problems.append(f"a block's {name} reads wrong")
+        visual.set_grad_checkpointing(True)
+        if grad_checkpointing(visual) is not True:
+            problems.append("set_grad_checkpointing() does not turn the transformer's grad_checkpointing on")
+        visual.set_grad_checkpointing(False)
         attended = _plain_attention(block, block.ln_1(x))
         if not torch.allclose(block_attention(block, block.ln_1(x)), attended, atol=1e-5):
             problems.append("a block's attention differs from the plain computation from its weights")
