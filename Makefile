@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps patch-deps test install-check lint demo bench study gpu-check clean
+.PHONY: install system-deps patch-deps test install-check lint demo bench study gpu-check compat compat-refused clean
 
 install: $(STAMP) patch-deps system-deps
 
@@ -54,5 +54,16 @@ study: install
 gpu-check: install
 	$(PY) -m open_clip_elip.gpu_check $(GPU_CHECK_ARGS)
 
+# the compatibility lane (docs/compat.md): this package against one OpenCLIP, in .venv-compat/<release>:
+# `make compat OPEN_CLIP=3.1.0` (a registry release) or OPEN_CLIP=/path/to/open_clip_torch-X.whl; and the
+# refusal check against an unsupported release, `make compat-refused REFUSED=2.24.0`
+OPEN_CLIP ?= 3.1.0
+REFUSED ?= 2.24.0
+compat:
+	PYTHON=$(PYTHON) compat/lane.sh $(OPEN_CLIP)
+
+compat-refused:
+	PYTHON=$(PYTHON) compat/lane.sh $(REFUSED) --refused
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-compat build src/*.egg-info .pytest_cache

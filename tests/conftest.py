@@ -1,14 +1,17 @@
 """Shared fixtures: a tiny stock/ELIP config pair and a tiny webdataset shard, both made here."""
 import io
 import json
+import math
 import os
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
 import open_clip_elip
+from open_clip_elip.core import openclip
 from open_clip_elip.core.registration import EXTRA_CONFIGS_ENV
 
 TINY_ELIP = "ViT-Tiny-4-elip"
@@ -82,3 +85,16 @@ def digit_idx(tmp_path_factory):
             with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
                 f.write(header + array.astype(np.uint8).tobytes())
     return folder
+
+
+def reference_attention_probs(block, h):
+    """The attention probabilities of ``block`` on normalised tokens ``h`` (``B x N x W``), averaged over heads,
+    one head at a time from the block's own weights (as ``nn.MultiheadAttention(need_weights=True)`` of OpenCLIP
+    3.x gave them; OpenCLIP main's ``Attention`` has no such option): ``B x N x N``."""
+    weight, bias = openclip.attention_in_proj(block)
+    width, heads = h.shape[-1], openclip.attention_heads(block)
+    dim = width // heads
+    q, k = (h @ weight[i * width:(i + 1) * width].T + bias[i * width:(i + 1) * width] for i in range(2))
+    probs = [torch.softmax(q[..., j * dim:(j + 1) * dim] @ k[..., j * dim:(j + 1) * dim].transpose(-1, -2)
+                           / math.sqrt(dim), dim=-1) for j in range(heads)]
+    return sum(probs) / heads

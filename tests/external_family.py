@@ -13,6 +13,7 @@ from open_clip_elip.core.towers import (
     FamilyVisionTransformer,
     apply_options,
     check_prunable,
+    embed,
     pool_and_project,
     run_layer,
     swap_class,
@@ -36,7 +37,7 @@ class StrideVisionTransformer(FamilyVisionTransformer):
         return tuple(n0 if i < self.stride_layer else kept for i in range(len(self.transformer.resblocks)))
 
     def forward(self, x: torch.Tensor):
-        x = self._embeds(x)
+        x = embed(self, x)
         for i, layer in enumerate(self.transformer.resblocks):
             if i == self.stride_layer:
                 x = torch.cat([x[:, :1], x[:, 1::2]], dim=1)

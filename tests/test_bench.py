@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_ELIP, TINY_STOCK
+from conftest import TINY_ELIP, TINY_STOCK, reference_attention_probs
 
 from open_clip_elip import FAMILIES, bench
+from open_clip_elip.core import openclip
+from open_clip_elip.core.towers import embed
 from open_clip_elip.families.evit import apply_evit, evit_prune_layers
 
 BUDGET = 6 * 2 ** 20  # saved-activation bytes for the capacity mode: a few tiny images
@@ -164,14 +166,14 @@ def evit_per_sample(visual, images):
     score order, the inattentive tokens summed with their (unnormalised) CLS attention."""
     outputs = []
     for image in images:
-        x = visual._embeds(image.unsqueeze(0))
+        x = embed(visual, image.unsqueeze(0))
         for i, block in enumerate(visual.transformer.resblocks):
             if i not in visual.evit_prune_layers:
                 x = block(x)
                 continue
             h = block.ln_1(x)
-            out, probs = block.attn(h, h, h, need_weights=True)  # averaged over heads
-            x = x + out
+            probs = reference_attention_probs(block, h)  # averaged over heads
+            x = x + openclip.block_attention(block, h)  # OpenCLIP's own attention
             cls_attn = probs[0, 0, 1:]
             num_keep = -(-7 * (x.shape[1] - 1) // 10)  # ceil(0.7 x (N - 1))
             order = cls_attn.argsort(descending=True)
@@ -180,7 +182,7 @@ def evit_per_sample(visual, images):
             fused = (tokens[rest] * cls_attn[rest, None]).sum(0, keepdim=True)
             x = torch.cat([x[0, :1], tokens[keep], fused]).unsqueeze(0)
             x = x + block.mlp(block.ln_2(x))
-        pooled, _ = visual._pool(x)
+        pooled, _ = openclip.pool(visual, x)
         outputs.append(pooled[0] @ visual.proj)
     return torch.stack(outputs)
 

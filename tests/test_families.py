@@ -382,3 +382,65 @@ def test_a_family_tower_that_does_not_declare_its_reduction_is_refused():
     with pytest.raises(TypeError, match="image tower VisionTransformer does not say how it reduces tokens.*"
                                         "FamilyVisionTransformer"):
         model.forward_intermediates(torch.randn(1, 3, 32, 32))
+
+
+class BlockWeightUses(torch.overrides.TorchFunctionMode):
+    """Records each torch call that reads a vision block's parameter, and whether that block's own call
+    (``__call__``: where FSDP gathers its sharded weights) was running at the time."""
+
+    def __init__(self, visual):
+        super().__init__()
+        self.owner = {id(p): block for block in visual.transformer.resblocks for p in block.parameters()}
+        self.running, self.inside, self.outside = [], 0, []
+        for block in visual.transformer.resblocks:
+            block.register_forward_pre_hook(self.enter)
+            block.register_forward_hook(self.leave, always_call=True)
+
+    def enter(self, block, args):
+        self.running.append(block)
+
+    def leave(self, block, args, out):
+        self.running.remove(block)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for leaf in torch.utils._pytree.tree_leaves((args, kwargs)):
+            block = self.owner.get(id(leaf)) if isinstance(leaf, torch.nn.Parameter) else None
+            if block is not None:
+                if block in self.running:
+                    self.inside += 1
+                else:
+                    self.outside.append(func.__name__)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_every_use_of_a_blocks_weights_runs_inside_the_blocks_own_call(family_configs, name, checkpointing):
+    """What lets FSDP2 shard a family's tower per block (``fully_shard`` gathers a block's weights in hooks on its
+    call): a guided training step, forward and backward, reads a vision block's weights only inside that block's
+    call, scoring and reduction included."""
+    model, _ = models(name)
+    model.train()
+    model.set_grad_checkpointing(checkpointing)
+    images, text = torch.randn(3, 3, 32, 32), open_clip.tokenize(["a one", "a two", "a three"], context_length=16)
+    uses = BlockWeightUses(model.visual)
+    with uses:
+        open_clip.ClipLoss()(*model(images, text)).backward()
+    assert uses.outside == [] and uses.inside > 0
+
+
+@pytest.mark.parametrize("apply, options", [("apply_elip", {"layout": [1, 1]}), ("apply_evit", {"keep_rate": 2.0}),
+                                            ("apply_tome", {"r": -1})])
+def test_a_rejected_option_leaves_the_tower_and_its_blocks_stock(family_configs, apply, options):
+    from open_clip_elip.core.openclip import ResidualAttentionBlock, VisionTransformer
+    from open_clip_elip.core.towers import OpBlock
+
+    applies = {name: family.apply for name, family in FAMILIES.items()}
+    model = open_clip.create_model(BASE)
+    with pytest.raises(ValueError):
+        applies[apply.removeprefix("apply_")](model, **options)
+    assert type(model.visual) is VisionTransformer
+    assert {type(block) for block in model.visual.transformer.resblocks} == {ResidualAttentionBlock}
+    applies[apply.removeprefix("apply_")](model)
+    assert {type(block) for block in model.visual.transformer.resblocks} == {OpBlock}

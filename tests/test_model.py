@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_ELIP, TINY_STOCK, tiny_config
+from conftest import TINY_ELIP, TINY_STOCK, reference_attention_probs, tiny_config
 from open_clip import ClipLoss, create_model, tokenize
 from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
@@ -128,9 +128,7 @@ def reference_embed(visual, image):
 
 def reference_cls_attention(layer, z):
     """CLS query's attention probabilities, averaged over heads, CLS column dropped (``B x (N - 1)``)."""
-    h = layer.ln_1(z)
-    _, probs = layer.attn(h, h, h, need_weights=True)
-    return probs[:, 0, 1:]
+    return reference_attention_probs(layer, layer.ln_1(z))[:, 0, 1:]
 
 
 def reference_forward(visual, image, text):

@@ -2,9 +2,11 @@
 method's formulas (docs/method.md)."""
 import pytest
 import torch
-from open_clip.transformer import ResidualAttentionBlock
+from conftest import reference_attention_probs
 
+from open_clip_elip.core import openclip
 from open_clip_elip.core.attention import cls_attention
+from open_clip_elip.core.openclip import ResidualAttentionBlock
 from open_clip_elip.core.reduce import select_tokens
 from open_clip_elip.families.elip.tokens import (
     MERGE_EPS,
@@ -71,14 +73,14 @@ def test_other_row_pairs_each_row_with_the_next():
 
 
 @pytest.mark.parametrize("heads", [1, 4])
-def test_cls_attention_equals_multihead_attention_weights(heads):
+def test_cls_attention_equals_a_per_head_recomputation(heads):
     torch.manual_seed(0)
     block = ResidualAttentionBlock(32, heads).eval()
     with torch.no_grad():
-        block.attn.in_proj_bias.normal_()  # a bias in q and k must be taken into account too
+        openclip.attention_in_proj(block)[1].normal_()  # a bias in q and k must be taken into account too
         x = torch.randn(2, 11, 32) * 3
         h = block.ln_1(x)
-        _, probs = block.attn(h, h, h, need_weights=True)  # averaged over heads
+        probs = reference_attention_probs(block, h)  # averaged over heads
         scores = cls_attention(block, x)
     assert scores.shape == (2, 10)
     torch.testing.assert_close(scores, probs[:, 0, 1:], rtol=1e-5, atol=1e-7)

@@ -9,6 +9,7 @@ from open_clip import ClipLoss, create_model, tokenize
 from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
 
+from open_clip_elip.core import openclip
 from open_clip_elip.families import tome
 from open_clip_elip.families.tome import (
     TomeCLIP,
@@ -74,11 +75,10 @@ def reference_embed(visual, image):
 
 def reference_attention(block, x, size, prop_attn):
     """One sample (``N x W``): the attention output, one head at a time, and the keys averaged over heads."""
-    attn = block.attn
-    width, heads = x.shape[1], attn.num_heads
+    width, heads = x.shape[1], openclip.attention_heads(block)
     dim = width // heads
     h = block.ln_1(x)
-    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    weight, bias = openclip.attention_in_proj(block)
     q, k, v = (h @ weight[i * width:(i + 1) * width].T + bias[i * width:(i + 1) * width] for i in range(3))
     outs, keys = [], []
     for head in range(heads):
@@ -88,7 +88,8 @@ def reference_attention(block, x, size, prop_attn):
             logits = logits + torch.log(size)[None, :]  # log(size) of each key
         outs.append(torch.softmax(logits, dim=-1) @ v[:, cols])
         keys.append(k[:, cols])
-    return torch.cat(outs, dim=1) @ attn.out_proj.weight.T + attn.out_proj.bias, sum(keys) / heads
+    out_weight, out_bias = openclip.attention_out_proj(block)
+    return torch.cat(outs, dim=1) @ out_weight.T + out_bias, sum(keys) / heads
 
 
 def reference_merge(x, size, metric, r, gaps):

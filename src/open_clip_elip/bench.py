@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from .core import registry
+from .core import openclip, registry
+from .core.attention import attention_with_probs
 from .core.costs import TowerCost, predict_plain
 from .core.registry import TRAIN, Family
+from .core.towers import embed
 from .families.elip import ElipVisionTransformer, predict_elip
 from .families.elip.tokens import MERGE_EPS
 
@@ -90,18 +92,19 @@ def authors_shape_forward(visual: ElipVisionTransformer, images: torch.Tensor,
                           text_features: torch.Tensor) -> torch.Tensor:
     """REFERENCE ONLY, the shape of the authors' code (issue 2): the same maths as
     ``ElipVisionTransformer`` (look-ahead scoring), but every block it looks ahead through is
-    deep-copied, attention weights come from ``nn.MultiheadAttention(need_weights=True)``,
-    and tokens are selected and merged per sample in a Python loop. Kept for the benchmark."""
+    deep-copied, the full attention probabilities of its last layer are computed (as ``nn.MultiheadAttention``'s
+    ``need_weights=True`` gave them), and tokens are selected and merged per sample in a Python loop. Kept for the
+    benchmark."""
     cfg = visual.elip_cfg
     if cfg.scoring != "lookahead":
         raise ValueError("the authors' code shape only scores by look-ahead")
     with torch.no_grad():
         text_embed = text_features.to(visual.proj.dtype) @ visual.proj.T
-    x = visual._embeds(images)
+    x = embed(visual, images)
     num_tokens = x.shape[1]
     start = 0
     for b, n_layers in enumerate(cfg.layout):
-        layers = visual.transformer.resblocks[start:start + n_layers]
+        layers = openclip.blocks(visual)[start:start + n_layers]
         start += n_layers
         if b > 0:
             with torch.no_grad():
@@ -110,9 +113,8 @@ def authors_shape_forward(visual: ElipVisionTransformer, images: torch.Tensor,
                 z[:, 0] = (1 - cfg.lam) * text_embed.to(z.dtype) + cfg.lam * z[:, 0]
                 for layer in lookahead[:-1]:
                     z = layer(z)
-                h = lookahead[-1].ln_1(z)
-                _, attn = lookahead[-1].attn(h, h, h, need_weights=True)  # averaged over heads
-                scores = attn[:, 0, 1:].float()
+                _, attn = attention_with_probs(lookahead[-1], lookahead[-1].ln_1(z))  # averaged over heads
+                scores = attn[:, 0, 1:]
             num_keep = min(int(num_tokens * cfg.keep_ratios[b - 1]), x.shape[1] - 1)
             rows = []
             for i in range(x.shape[0]):
@@ -127,7 +129,7 @@ def authors_shape_forward(visual: ElipVisionTransformer, images: torch.Tensor,
             x = torch.stack(rows)
         for layer in layers:
             x = layer(x)
-    pooled, _ = visual._pool(x)
+    pooled, _ = openclip.pool(visual, x)
     return pooled @ visual.proj
 
 
@@ -153,7 +155,7 @@ def build_methods(model_name: str, image_size: Optional[int], device: torch.devi
     stock_model = open_clip.create_model(stock_name, **sizes)
     stock = stock_model.visual
     cost = TowerCost.of(stock)
-    depth = len(stock.transformer.resblocks)
+    depth = len(openclip.blocks(stock))
     n0 = cost.num_patches + 1
 
     named = open_clip.get_model_config(model_name) or {}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
 
+from .core.openclip import blocks
 from .families.elip.model import BlockTrace, ElipCLIP
 from .families.elip.tokens import text_term
 
@@ -124,7 +125,7 @@ def diagnose(model, images: torch.Tensor, texts: torch.Tensor, captions: List[st
             shuffled = text[derangement(batch_size, generator).to(device)]
 
             cls_in = {}  # the CLS entering each pruned block's first layer; the last call is the real one
-            hooks = [visual.transformer.resblocks[first].register_forward_pre_hook(
+            hooks = [blocks(visual)[first].register_forward_pre_hook(
                 lambda module, args, b=b, store=cls_in: store.__setitem__(b, args[0][:, 0].detach()))
                 for b, first in pruned]
             try:

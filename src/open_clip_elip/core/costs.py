@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from open_clip.transformer import VisionTransformer
+from .openclip import VisionTransformer, blocks
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class TowerCost:
 
     @classmethod
     def of(cls, visual: VisionTransformer) -> "TowerCost":
-        block = visual.transformer.resblocks[0]
+        block = blocks(visual)[0]
         return cls(width=visual.transformer.width, mlp_width=block.mlp.c_fc.out_features,
                    embed_dim=visual.proj.shape[1], patch_dim=visual.conv1.weight[0].numel(),
                    num_patches=visual.grid_size[0] * visual.grid_size[1])

@@ -1,5 +1,6 @@
 """OpenCLIP glue, all of it: every registered family's ``-<family>`` model configs (generated from OpenCLIP's own
-stock configs), their pretrained tags, two hooks in ``open_clip.factory`` and one in ``open_clip.push_to_hf_hub``.
+stock configs), their pretrained tags, two hooks in ``open_clip.factory`` and one in ``open_clip.push_to_hf_hub``,
+each reached through ``core.openclip``.
 
 OpenCLIP 3.3 registers JSON configs (``add_model_config``) but picks the model class by
 hard-coded rules (``model_class = CLIP`` in ``create_model``). ``register`` adds the configs,
@@ -19,12 +20,8 @@ import os
 from pathlib import Path
 from typing import Optional, Tuple
 
-import open_clip
-from open_clip import factory
-from open_clip import pretrained as open_clip_pretrained
-from open_clip.model import CLIP
-
-from . import fixes, registry
+from . import fixes, openclip, registry
+from .openclip import CLIP
 from .registry import Family
 from .towers import CREATED_FROM, FamilyCLIP
 
@@ -39,7 +36,7 @@ def register_family(family: Family) -> Family:
     and the study then know it, and every stock ViT in ``family.twins`` gets a ``<twin>-<name>`` config.
     Registering a family of the same name again replaces it. Returns the family."""
     registry.add(family)
-    if factory.CLIP is build_clip:  # OpenCLIP registration done already: the new twins now
+    if openclip.model_class() is build_clip:  # OpenCLIP registration done already: the new twins now
         add_twin_configs()
         register_pretrained_tags()
     return family
@@ -50,13 +47,15 @@ def add_twin_configs() -> None:
     config (never over a config file of the same name)."""
     for family in registry.FAMILIES.values():
         for twin in family.twins:
-            stock = factory._MODEL_CONFIGS.get(twin)
+            configs = openclip.model_configs()
+            stock = configs.get(twin)
             name = f"{twin}-{family.name}"
-            if stock is None or factory._MODEL_CONFIGS.get(name, _GENERATED.get(name)) is not _GENERATED.get(name):
+            if stock is None or configs.get(name, _GENERATED.get(name)) is not _GENERATED.get(name):
                 continue  # no such stock config here, or a config file of that name
             config = registry.twin_config(family, copy.deepcopy(stock))
-            factory._MODEL_CONFIGS[name] = _GENERATED[name] = config
-    factory._MODEL_CONFIGS = dict(sorted(factory._MODEL_CONFIGS.items(), key=lambda kv: factory._natural_key(kv[0])))
+            configs[name] = _GENERATED[name] = config
+    configs = openclip.model_configs()
+    openclip.set_model_configs(dict(sorted(configs.items(), key=lambda kv: openclip.natural_key(kv[0]))))
 
 
 def build_clip(**model_cfg) -> CLIP:
@@ -79,17 +78,18 @@ def stock_twin(name: str) -> Tuple[Optional[str], str]:
     The twin is the name without its family part (``ViT-B-16-elip`` and ``ViT-B-16-elip-first-layer`` ->
     ``ViT-B-16``; ``ViT-B-16-quickgelu-elip`` -> ``ViT-B-16-quickgelu``); its tags carry over only if the two
     configs are equal once the family block is dropped (so the weights, activation and preprocessing fit)."""
-    config = factory._MODEL_CONFIGS.get(name) or {}
+    configs = openclip.model_configs()
+    config = configs.get(name) or {}
     blocks = registry.blocks_in(config)
     twin = registry.family_part().sub("", name)
     if not blocks or twin == name:
         return None, f"'{name}' is not a registered family model (-{'/-'.join(registry.FAMILIES)})"
-    if twin not in factory._MODEL_CONFIGS:
+    if twin not in configs:
         return None, f"there is no stock model '{twin}' to take them from"
-    if {k: v for k, v in config.items() if k not in blocks} != factory._MODEL_CONFIGS[twin]:
+    if {k: v for k, v in config.items() if k not in blocks} != configs[twin]:
         return None, (f"its config differs from stock '{twin}' beyond {blocks[0]}, so the stock weights need not fit "
                       "(pretrained tags carry over to an otherwise identical config only)")
-    if not open_clip_pretrained._PRETRAINED.get(twin):
+    if not openclip.pretrained_table().get(twin):
         return None, f"stock '{twin}' has no pretrained tags either"
     return twin, ""
 
@@ -97,30 +97,30 @@ def stock_twin(name: str) -> Tuple[Optional[str], str]:
 def register_pretrained_tags() -> None:
     """Give every registered family config the pretrained tags of its stock twin (same weights
     and preprocessing, see ``stock_twin``), so that ``pretrained='openai'`` etc. resolve as for the stock name."""
-    registry = open_clip_pretrained._PRETRAINED
-    for name in list(factory._MODEL_CONFIGS):
-        if name in registry and name not in _TAGGED_TWINS:
+    table = openclip.pretrained_table()
+    for name in list(openclip.model_configs()):
+        if name in table and name not in _TAGGED_TWINS:
             continue  # tags of OpenCLIP's own
         twin, _ = stock_twin(name)
         if twin:
-            registry[name] = copy.deepcopy(registry[twin])
+            table[name] = copy.deepcopy(table[twin])
             _TAGGED_TWINS[name] = twin
         elif name in _TAGGED_TWINS:
-            del registry[name], _TAGGED_TWINS[name]
+            del table[name], _TAGGED_TWINS[name]
 
 
 def check_pretrained_tag(model_name: str, pretrained) -> None:
     """OpenCLIP's "not a known tag or valid file path" error, with the tags a family model does take."""
-    schema, name = factory.parse_model_name(model_name)
+    schema, name = openclip.parse_model_name(model_name)
     name = name.replace("/", "-")
     if (not isinstance(pretrained, str) or not pretrained or schema or os.path.isfile(pretrained)
-            or open_clip_pretrained.is_pretrained_cfg(name, pretrained)):
+            or openclip.is_pretrained_cfg(name, pretrained)):
         return
-    config = factory._MODEL_CONFIGS.get(name) or {}
+    config = openclip.model_configs().get(name) or {}
     if not registry.blocks_in(config):
         return  # not ours: OpenCLIP's own error
     twin, why = stock_twin(name)
-    tags = open_clip_pretrained.list_pretrained_tags_by_model(name)
+    tags = openclip.list_pretrained_tags_by_model(name)
     known = (f"it takes the tags of stock '{twin}': {tags}. Pass one of them or" if twin
              else f"it has no pretrained tags: {why}. Pass")
     raise RuntimeError(f"Pretrained value '{pretrained}' is not a known tag or valid file path for '{name}'; {known} "
@@ -139,8 +139,8 @@ def merge_elip_options(create_model):
         for block in (family.config_block for family in registry.FAMILIES.values()):
             options = kwargs.get(block)
             if isinstance(options, dict):
-                schema, name = factory.parse_model_name(model_name)
-                config = factory.get_model_config(model_name if schema else name.replace("/", "-")) or {}
+                schema, name = openclip.parse_model_name(model_name)
+                config = openclip.get_model_config(model_name if schema else name.replace("/", "-")) or {}
                 kwargs[block] = {**(config.get(block) or {}), **options}
         return create_model(model_name, *args, **kwargs)
 
@@ -166,7 +166,11 @@ def save_current_options(save_config_for_hf):
 def register() -> None:
     """Make ``open_clip`` know every registered family's models (idempotent). The modules named in
     ``OPEN_CLIP_ELIP_FAMILIES`` are imported first: a user's family registers there (``register_family``) and is
-    then known in every process that imports ``open_clip``, the trainer's and clip_benchmark's included."""
+    then known in every process that imports ``open_clip``, the trainer's and clip_benchmark's included.
+    On an OpenCLIP this package cannot serve (``openclip.usable()``), nothing is registered and one warning says
+    so: ``open_clip`` then works exactly as without this package."""
+    if not openclip.usable():
+        return
     for module in filter(None, (m.strip() for m in os.environ.get(FAMILY_MODULES_ENV, "").split(","))):
         try:
             importlib.import_module(module)
@@ -176,13 +180,12 @@ def register() -> None:
     add_twin_configs()
     paths = [Path(p) for p in os.environ.get(EXTRA_CONFIGS_ENV, "").split(os.pathsep) if p]
     for path in paths:
-        if path not in factory._MODEL_CONFIG_PATHS:
-            factory.add_model_config(path)
-    factory.CLIP = build_clip
-    if not getattr(factory.create_model, "merges_elip_options", False):
-        factory.create_model = open_clip.create_model = merge_elip_options(factory.create_model)
+        if path not in openclip.config_paths():
+            openclip.add_model_config(path)
+    openclip.set_model_class(build_clip)
+    if not getattr(openclip.create_model(), "merges_elip_options", False):
+        openclip.set_create_model(merge_elip_options(openclip.create_model()))
     register_pretrained_tags()
-    hub = importlib.import_module("open_clip.push_to_hf_hub")  # `open_clip.push_to_hf_hub` is the function
-    if not getattr(hub.save_config_for_hf, "saves_current_options", False):
-        hub.save_config_for_hf = save_current_options(hub.save_config_for_hf)
+    if not getattr(openclip.save_config_for_hf(), "saves_current_options", False):
+        openclip.set_save_config_for_hf(save_current_options(openclip.save_config_for_hf()))
     fixes.warn_missing()

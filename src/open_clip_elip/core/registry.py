@@ -7,10 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
-from open_clip.model import CLIP
-from open_clip.transformer import VisionTransformer
-
 from .costs import TowerCost
+from .openclip import CLIP, VisionTransformer
 from .towers import FamilyCLIP
 
 STOCK = "stock"  # the output equals the stock model's (same weights)

@@ -1,9 +1,14 @@
 """What every family's image tower shares: the class swap with rollback, the prunable-tower check, a layer run
-with OpenCLIP's activation checkpointing, the stock pooling tail, ``FamilyVisionTransformer`` (the base of the
-families' towers: ``forward_intermediates`` that follows the family's forward) and ``FamilyCLIP``, the base of
+with OpenCLIP's activation checkpointing, the stock embedding and pooling, ``FamilyVisionTransformer`` (the base of
+the families' towers: ``forward_intermediates`` that follows the family's forward) and ``FamilyCLIP``, the base of
 the families' model classes, with ``apply_options``, the merge rule of every ``apply_<family>``. Like ToMe's
 ``apply_patch``, a family swaps the class of an existing module: no parameter is added, copied or renamed, so
-state dicts stay those of the stock model."""
+state dicts stay those of the stock model.
+
+A family's tower swaps each of its blocks to ``OpBlock`` too, whose call runs a family's operation on the block
+(``block(x, op=evit_layer, args=(...))``): every computation on a block's weights then goes through the block's
+own ``__call__``, so the hooks that wrappers put there fire (FSDP2's ``fully_shard`` gathers the block's sharded
+weights in one; composable activation checkpointing lives in another)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,11 +17,10 @@ import functools
 from typing import Callable, List, Mapping, Optional, Type, TypeVar, Union
 
 import torch
-from open_clip.model import CLIP
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-from open_clip.utils import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from . import openclip
+from .openclip import CLIP, ResidualAttentionBlock, VisionTransformer, feature_take_indices
 from .options import Spec, check_options
 
 CREATED_FROM = "_open_clip_model_cfg"  # the config create_model built a model from (registration.build_clip)
@@ -37,6 +41,43 @@ def swap_class(module: Module, new_class: Type, init: Callable[[], None]) -> Mod
     return module
 
 
+class OpBlock(ResidualAttentionBlock):
+    """OpenCLIP's ``ResidualAttentionBlock`` that also runs a family's operation through its own call:
+    ``block(x, op=f, args=(a, b))`` is ``f(block, x, a, b)``; without ``op`` the stock forward. Same parameters,
+    same state dict."""
+
+    def forward(self, q_x, k_x=None, v_x=None, attn_mask=None, op=None, args=()):
+        if op is None:
+            return super().forward(q_x, k_x, v_x, attn_mask)
+        return op(self, q_x, *args)
+
+
+def call_block(block: torch.nn.Module, op: Callable, x: torch.Tensor, *args):
+    """``op(block, x, *args)``, through ``block``'s own call when it is an ``OpBlock`` (a family's tower)."""
+    if isinstance(block, OpBlock):
+        return block(x, op=op, args=args)
+    return op(block, x, *args)
+
+
+def swap_tower(visual: VisionTransformer, new_class: Type, init: Callable[[], None]) -> VisionTransformer:
+    """``swap_class`` of an image tower, its stock blocks made ``OpBlock`` with it (both rolled back if ``init``
+    raises)."""
+    stock = [b for b in openclip.blocks(visual) if type(b) is ResidualAttentionBlock]
+    for block in stock:
+        block.__class__ = OpBlock
+    try:
+        return swap_class(visual, new_class, init)
+    except Exception:
+        for block in stock:
+            block.__class__ = ResidualAttentionBlock
+        raise
+
+
+def embed(visual: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """The stock tower's tokens entering its first block (``B x N x W``), as in ``VisionTransformer.forward``."""
+    return openclip.embeds(visual, x)
+
+
 def check_vision_transformer(visual: torch.nn.Module, method: str) -> None:
     """TypeError unless ``visual`` is OpenCLIP's own ``VisionTransformer`` (or one of ours on top of it)."""
     if not isinstance(visual, VisionTransformer):
@@ -47,11 +88,12 @@ def check_vision_transformer(visual: torch.nn.Module, method: str) -> None:
 
 def check_prunable(visual: VisionTransformer, method: str) -> None:
     """Token reduction needs OpenCLIP's default ViT blocks and CLS pooling: ValueError otherwise."""
-    blocks = visual.transformer.resblocks
-    if not all(type(b) is ResidualAttentionBlock for b in blocks) or not visual.transformer.batch_first:
+    blocks = openclip.blocks(visual)
+    if (not all(type(b) in (ResidualAttentionBlock, OpBlock) and openclip.plain_attention(b) for b in blocks)
+            or not openclip.batch_first(visual)):
         raise ValueError(
-            f"{method} needs the default OpenCLIP vision blocks (ResidualAttentionBlock with "
-            f"nn.MultiheadAttention, batch first); this tower uses {type(blocks[0]).__name__}: "
+            f"{method} needs the default OpenCLIP vision blocks (ResidualAttentionBlock with plain "
+            f"multi-head attention, batch first); this tower uses {type(blocks[0]).__name__}: "
             "drop the custom block options (qk_norm, scale_*) from vision_cfg")
     if visual.attn_pool is not None or visual.pool_type != "tok":
         raise ValueError(
@@ -60,11 +102,16 @@ def check_prunable(visual: VisionTransformer, method: str) -> None:
 
 
 def run_layer(visual: VisionTransformer, layer: Callable, *inputs):
-    """``layer(*inputs)``, through activation checkpointing when the tower's ``grad_checkpointing`` is on
-    (``model.set_grad_checkpointing()``, the trainer's ``--grad-checkpointing``), as OpenCLIP's own loop does.
-    A family's forward runs each of its layers once through here; ``layer`` returns the tokens, or a tuple whose
-    first item is the tokens. Under ``FamilyVisionTransformer.forward_intermediates`` the tokens are recorded."""
-    if visual.transformer.grad_checkpointing and not torch.jit.is_scripting():
+    """``layer(*inputs)`` for a block ``layer``; for an operation ``layer`` on a block (``inputs`` the block, the
+    tokens, then more), ``call_block(block, layer, x, ...)``. Through inline activation checkpointing when the
+    tower's ``grad_checkpointing`` is on (``model.set_grad_checkpointing()``, the trainer's
+    ``--grad-checkpointing``), as OpenCLIP's own loop does. A family's forward runs each of its layers once through
+    here; ``layer`` returns the tokens, or a tuple whose first item is the tokens. Under
+    ``FamilyVisionTransformer.forward_intermediates`` the tokens are recorded."""
+    if not isinstance(layer, torch.nn.Module):
+        inputs = (inputs[0], layer, *inputs[1:])
+        layer = call_block
+    if openclip.grad_checkpointing(visual) and not torch.jit.is_scripting():
         out = checkpoint(layer, *inputs, use_reentrant=False)
     else:
         out = layer(*inputs)
@@ -87,7 +134,7 @@ def recording_layers(visual: VisionTransformer):
 
 def pool_and_project(visual: VisionTransformer, x: torch.Tensor):
     """The stock tower's tail, as in ``VisionTransformer.forward``: pool, project, tokens if asked."""
-    pooled, tokens = visual._pool(x)
+    pooled, tokens = openclip.pool(visual, x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
     return (pooled, tokens) if visual.output_tokens else pooled

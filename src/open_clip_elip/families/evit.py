@@ -15,11 +15,10 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import torch
-from open_clip.model import CLIP
-from open_clip.transformer import ResidualAttentionBlock
 
 from ..core.attention import attend, cls_probs, qkv
 from ..core.costs import TowerCost
+from ..core.openclip import CLIP, ResidualAttentionBlock, blocks
 from ..core.options import Boolean, Count, Default, ListOf, Ratio
 from ..core.reduce import select_tokens, take_tokens, weighted_token
 from ..core.registration import register_family
@@ -30,9 +29,10 @@ from ..core.towers import (
     apply_options,
     check_prunable,
     check_vision_transformer,
+    embed,
     pool_and_project,
     run_layer,
-    swap_class,
+    swap_tower,
 )
 
 EVIT_KEEP_RATE = 0.7
@@ -79,17 +79,17 @@ class EvitVisionTransformer(FamilyVisionTransformer):
                   fuse: bool = True) -> None:
         """Check the options (of ``EVIT_OPTIONS``' kinds) against this tower and store them."""
         check_prunable(self, "EViT")
-        blocks = self.transformer.resblocks
-        layers = evit_prune_layers(len(blocks)) if prune_layers is None else tuple(sorted(prune_layers))
-        if any(not 0 <= i < len(blocks) for i in layers):
-            raise ValueError(f"EViT prune_layers {list(layers)} must be 0-based layer indices below {len(blocks)}")
+        depth = len(blocks(self))
+        layers = evit_prune_layers(depth) if prune_layers is None else tuple(sorted(prune_layers))
+        if any(not 0 <= i < depth for i in layers):
+            raise ValueError(f"EViT prune_layers {list(layers)} must be 0-based layer indices below {depth}")
         self.evit_keep_rate, self.evit_prune_layers, self.evit_fuse = keep_rate, layers, fuse
 
     def tokens_per_layer(self, num_tokens: Optional[int] = None) -> Tuple[Tuple[int, int], ...]:
         """(tokens into the attention, tokens into the MLP) of each layer, CLS and fused token included."""
         current = num_tokens or self.grid_size[0] * self.grid_size[1] + 1
         counts = []
-        for i in range(len(self.transformer.resblocks)):
+        for i in range(len(blocks(self))):
             entering = current
             if i in self.evit_prune_layers:
                 keep = evit_keep_count(current, self.evit_keep_rate)
@@ -99,8 +99,8 @@ class EvitVisionTransformer(FamilyVisionTransformer):
         return tuple(counts)
 
     def forward(self, x: torch.Tensor):
-        x = self._embeds(x)
-        for i, layer in enumerate(self.transformer.resblocks):
+        x = embed(self, x)
+        for i, layer in enumerate(blocks(self)):
             if i in self.evit_prune_layers:
                 x = run_layer(self, evit_layer, layer, x, self.evit_keep_rate, self.evit_fuse)
             else:
@@ -123,7 +123,7 @@ def apply_evit(model: CLIP, evit_cfg: Optional[dict] = None, **options) -> "Evit
 def _convert_visual(visual, options: dict) -> None:
     """Make ``visual`` an EViT tower with ``options`` (checked against ``EVIT_OPTIONS`` already)."""
     check_vision_transformer(visual, "EViT")
-    swap_class(visual, EvitVisionTransformer, lambda: visual.init_evit(**options))
+    swap_tower(visual, EvitVisionTransformer, lambda: visual.init_evit(**options))
 
 
 class EvitCLIP(FamilyCLIP):

@@ -17,11 +17,10 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from ..core.attention import attend, qkv
 from ..core.costs import TowerCost
+from ..core.openclip import CLIP, ResidualAttentionBlock, VisionTransformer, attention_heads, blocks
 from ..core.options import AnyOf, Boolean, Count, Default, ListOf
 from ..core.registration import register_family
 from ..core.registry import REDUCES, Family
@@ -30,9 +29,10 @@ from ..core.towers import (
     FamilyVisionTransformer,
     apply_options,
     check_prunable,
+    embed,
     pool_and_project,
     run_layer,
-    swap_class,
+    swap_tower,
 )
 
 TOME_TARGET = 0.72  # default r: the token-layer ratio closest to ELIP's budget (0.716x of stock on ViT-B/16)
@@ -148,7 +148,7 @@ class TomeVisionTransformer(FamilyVisionTransformer):
         """Check the options (of ``TOME_OPTIONS``' kinds) against this tower and store them (nothing is stored if
         one is refused)."""
         check_prunable(self, "ToMe")
-        depth = len(self.transformer.resblocks)
+        depth = len(blocks(self))
         if r is None:
             r = tome_default_r(self.grid_size[0] * self.grid_size[1] + 1, depth)
         rs = tome_layer_rs(r, depth)
@@ -159,10 +159,10 @@ class TomeVisionTransformer(FamilyVisionTransformer):
         return tome_tokens_per_layer(num_tokens or self.grid_size[0] * self.grid_size[1] + 1, self.tome_rs)
 
     def forward(self, x: torch.Tensor):
-        x = self._embeds(x)
+        x = embed(self, x)
         size = torch.ones_like(x[..., :1])
         merged = False  # sizes all ones until a layer merges: a layer with r = 0 is then the stock layer
-        for layer, r in zip(self.transformer.resblocks, self.tome_rs):
+        for layer, r in zip(blocks(self), self.tome_rs):
             r = min(r, tome_max_r(x.shape[1]))
             if r == 0 and not (self.tome_prop_attn and merged):
                 x = run_layer(self, layer, x)
@@ -180,7 +180,7 @@ def _convert_visual(visual: torch.nn.Module, options: dict) -> None:
     if type(visual) is not VisionTransformer:
         raise TypeError(f"ToMe merges the tokens of OpenCLIP's own VisionTransformer; this model's image tower is "
                         f"{type(visual).__name__} (timm, ResNet and other families' towers are not supported)")
-    swap_class(visual, TomeVisionTransformer, lambda: visual.init_tome(**options))
+    swap_tower(visual, TomeVisionTransformer, lambda: visual.init_tome(**options))
 
 
 def apply_tome(model: CLIP, tome_cfg: Optional[dict] = None, **options) -> "TomeCLIP":
@@ -219,7 +219,7 @@ def predict_tome(visual: TomeVisionTransformer, cost: TowerCost, train: bool = T
     """FLOPs per image of a ToMe tower: each layer's attention on the tokens entering it, its MLP on the tokens
     left after merging, and the matching's similarity scores (``|A| x |B|`` dot products of head-width keys,
     no gradient); the averages and sums of merging are not matrix products."""
-    head_width = cost.width // visual.transformer.resblocks[0].attn.num_heads
+    head_width = cost.width // attention_heads(blocks(visual)[0])
     flops = cost.ends(train)
     for n_attention, n_mlp in visual.tokens_per_layer():
         flops += cost.step(n_attention, n_mlp, train)

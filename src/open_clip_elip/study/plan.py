@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import open_clip
 
 from ..bench import random_drop_prob
-from ..core import registry
+from ..core import openclip, registry
 from ..core.costs import TowerCost, predict_plain, text_train_flops
 from . import methods as m
 
@@ -131,7 +131,7 @@ class Planner:
         self.configs, self.preset, self.regime, self.schedule = configs, preset, regime, schedule
         stock = self.build(configs.base)
         self.text = text_train_flops(stock)
-        self.stock_cost, self.depth = TowerCost.of(stock.visual), len(stock.visual.transformer.resblocks)
+        self.stock_cost, self.depth = TowerCost.of(stock.visual), len(openclip.blocks(stock.visual))
         self.model = lru_cache(maxsize=None)(self._model)
         self.budgets = self._budgets()
 
@@ -150,7 +150,7 @@ class Planner:
         blocks = registry.blocks_in(self.configs.configs[name])
         if blocks:
             return float(registry.by_block(blocks[0]).flops(visual, cost, True) + self.text)
-        return self.tokens(cost, cost.num_patches + 1, len(visual.transformer.resblocks))
+        return self.tokens(cost, cost.num_patches + 1, len(openclip.blocks(visual)))
 
     def tokens(self, cost: TowerCost, tokens: int, depth: int) -> float:
         return float(predict_plain(cost, (tokens,) * depth, True) + self.text)
@@ -160,7 +160,7 @@ class Planner:
         configs, preset = self.configs, self.preset
         reference = configs.trained(m.catalogue()[BUDGET_FAMILY])
         visual = self.build(reference).visual
-        depth = len(visual.transformer.resblocks)
+        depth = len(openclip.blocks(visual))
         tokens = registry.FAMILIES[BUDGET_FAMILY].layer_tokens(visual)
         prob, _ = random_drop_prob(TowerCost.of(visual).num_patches, sum(tokens) / depth)
         ratio = self.model(reference) / self.model(configs.base)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Tuple
 
 from ...core.costs import TowerCost, predict_plain
+from ...core.openclip import blocks
 from ...core.registration import register_family
 from ...core.registry import INFERENCE, STOCK, Family, Variant
 from .config import ElipConfig, scaled_paper_layout
@@ -57,7 +58,7 @@ def _flops(visual: ElipVisionTransformer, cost: TowerCost, train: bool) -> int:
         return predict_elip(visual, cost, True)
     if visual.elip_cfg.prune_without_text:
         return predict_elip(visual, cost, False, guided=False)
-    return predict_plain(cost, (cost.num_patches + 1,) * len(visual.transformer.resblocks), False)
+    return predict_plain(cost, (cost.num_patches + 1,) * len(blocks(visual)), False)
 
 
 FAMILY = register_family(Family(

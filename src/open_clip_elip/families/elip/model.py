@@ -1,6 +1,6 @@
 """ELIP models: OpenCLIP's ``VisionTransformer`` and ``CLIP`` with text-guided token pruning.
 
-Like every family, ELIP swaps the classes of existing modules (``apply_elip``, ``core.towers.swap_class``): no
+Like every family, ELIP swaps the classes of existing modules (``apply_elip``, ``core.towers.swap_tower``): no
 parameter is added, copied or renamed, so state dicts stay those of the stock model.
 """
 from __future__ import annotations
@@ -11,19 +11,20 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
-from open_clip.transformer import PatchDropout
 
 from ...core.attention import cls_attention
+from ...core.openclip import CLIP, PatchDropout, blocks
 from ...core.towers import (
     FamilyCLIP,
     FamilyVisionTransformer,
     apply_options,
+    call_block,
     check_prunable,
     check_vision_transformer,
+    embed,
     pool_and_project,
     run_layer,
-    swap_class,
+    swap_tower,
 )
 from .config import ELIP_OPTIONS, ElipConfig
 from .tokens import fuse_cls, keep_counts, other_row, prune_and_merge
@@ -59,12 +60,11 @@ class ElipVisionTransformer(FamilyVisionTransformer):
     def init_elip(self, elip_cfg: "ElipConfig | dict | None" = None, **overrides) -> None:
         """Validate the options against this tower and store them as ``self.elip_cfg``."""
         check_prunable(self, "ELIP")
-        blocks = self.transformer.resblocks
         num_tokens = [self.grid_size[0] * self.grid_size[1] + 1]
         if isinstance(self.patch_dropout, PatchDropout):
             patches = max(1, int((num_tokens[0] - 1) * (1 - self.patch_dropout.prob)))
             num_tokens.append(patches + 1)
-        self.elip_cfg = ElipConfig.from_options(elip_cfg, **overrides).resolved(len(blocks), num_tokens)
+        self.elip_cfg = ElipConfig.from_options(elip_cfg, **overrides).resolved(len(blocks(self)), num_tokens)
         starts = [sum(self.elip_cfg.layout[:b]) for b in range(len(self.elip_cfg.layout))]
         self._elip_blocks = tuple(zip(starts, self.elip_cfg.layout))
 
@@ -120,18 +120,18 @@ class ElipVisionTransformer(FamilyVisionTransformer):
 
     def _forward_pruned(self, x, text_features, trace: Optional[List[BlockTrace]]):
         text_embed = None if text_features is None else self.project_text(text_features)
-        x = self._embeds(x)
+        x = embed(self, x)
         return pool_and_project(self, self._pruned_transformer(x, text_embed, trace))
 
     def _pruned_transformer(self, x, text_embed, trace):
         cfg = self.elip_cfg
-        blocks = self.transformer.resblocks
+        tower = blocks(self)
         keeps = keep_counts(x.shape[1], cfg.keep_ratios)
         provenance = None
         if trace is not None:
             provenance = torch.eye(x.shape[1] - 1, device=x.device).expand(x.shape[0], -1, -1)
         for b, (start, n_layers) in enumerate(self._elip_blocks):
-            layers = blocks[start:start + n_layers]
+            layers = tower[start:start + n_layers]
             if b > 0:
                 with torch.no_grad():
                     scores = self._score(x, layers, text_embed)
@@ -149,10 +149,10 @@ class ElipVisionTransformer(FamilyVisionTransformer):
         cfg = self.elip_cfg
         z = x if text_embed is None else fuse_cls(x, text_embed, cfg.lam, cfg.fusion == "norm_matched")
         if cfg.scoring == "first_layer":
-            return cls_attention(layers[0], z)
+            return call_block(layers[0], cls_attention, z)
         for layer in layers[:-1]:
             z = layer(z)
-        return cls_attention(layers[-1], z)
+        return call_block(layers[-1], cls_attention, z)
 
 
 def _track(provenance, keep_index, weights, num_out):
@@ -185,10 +185,14 @@ class ElipCLIP(FamilyCLIP):
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        # the class's methods, not the instance's: under FSDP2 the instance's encode_text / encode_image are
+        # wrappers (register_fsdp_forward_method) that gather the root's weights and free them on return, which
+        # would leave this forward with sharded ones (logit_scale) after the first call
+        cls = type(self)
+        text_features = cls.encode_text(self, text, normalize=True) if text is not None else None
         guide = text_features.detach() if text_features is not None else None
         image_features = (
-            self.encode_image(image, normalize=True, text_features=guide) if image is not None else None)
+            cls.encode_image(self, image, normalize=True, text_features=guide) if image is not None else None)
 
         if self.output_dict:
             out_dict = {
@@ -206,7 +210,7 @@ class ElipCLIP(FamilyCLIP):
 
 def _convert_visual(visual: torch.nn.Module, elip_cfg, **overrides) -> None:
     check_vision_transformer(visual, "ELIP")
-    swap_class(visual, ElipVisionTransformer, lambda: visual.init_elip(elip_cfg, **overrides))
+    swap_tower(visual, ElipVisionTransformer, lambda: visual.init_elip(elip_cfg, **overrides))
 
 
 def apply_elip(model: CLIP, elip_cfg: "ElipConfig | dict | None" = None, **options) -> ElipCLIP:
