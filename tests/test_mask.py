@@ -1,6 +1,7 @@
 """The -mask family (open_clip_elip.families.mask) against its description written out one sample at a time:
 each strategy's kept patches, the EMA tower's upkeep, the stock model in eval mode, state dicts both ways,
 options, torch.compile, and OpenCLIP's own trainer (every strategy two steps, --accum-freq 2, --resume)."""
+import copy
 import json
 import math
 import os
@@ -454,12 +455,12 @@ def test_the_training_forward_compiles_without_graph_breaks(strategy):
     ({"keep_ratio": 1.5}, "keep_ratio must be"),
     ({"keep_ratio": "0.5"}, "keep_ratio must be"),
     ({"keep_ratio": True}, "keep_ratio must be"),
-    ({"center_cov": 0.0}, "center_cov must be a positive number"),
+    ({"center_cov": 0.0}, r"center_cov must be a number in \(0, 100\]"),
     ({"anchor_ratio": 0}, "anchor_ratio must be"),
     ({"text_scoring": "cosine"}, "text_scoring must be one of"),
     ({"lam": 1.5}, "lam must be a number in"),
     ({"ema_momentum": "high"}, "ema_momentum must be"),
-    ({"total_steps": 0}, "total_steps must be a positive int"),
+    ({"total_steps": 0}, "total_steps must be an integer >= 1"),
     ({"total_steps": True}, "total_steps must be"),
     ({"total_steps": 10.0}, "total_steps must be"),
     ({"ratio": 0.5}, r"unknown option\(s\) \['ratio'\]"),
@@ -584,3 +585,25 @@ def test_attentive_trains_with_accum_freq_and_resumes_its_ema_tower(mask_configs
     for key in ema_keys:
         online = two["visual." + key.removeprefix("visual.ema.")]
         torch.testing.assert_close(two[key], m * one[key] + (1 - m) * online, rtol=0, atol=1e-6, msg=key)
+
+
+def test_forward_intermediates_in_training_are_the_masked_tokens():
+    """In training the tower's intermediates are those of the masked forward (CLS and the kept patches per layer,
+    the same draw as the forward's at the same seed); a patch-grid format is refused; in eval mode they are
+    stock's."""
+    torch.manual_seed(0)
+    stock = CLIP(**tiny_config()).eval()
+    model = apply_mask(copy.deepcopy(stock), strategy="center").train()
+    image = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="-mask reduces the image tokens.*output_fmt='NLC'"):
+        model.visual.forward_intermediates(image)
+    torch.manual_seed(1)
+    out = model.visual.forward_intermediates(image, output_fmt="NLC")
+    torch.manual_seed(1)
+    features = model.visual(image)
+    assert [y.shape[1] for y in out["image_intermediates"]] == [model.visual.num_keep] * 4
+    assert torch.equal(out["image_features"], features)
+    model.eval()
+    ours, theirs = model.visual.forward_intermediates(image), stock.visual.forward_intermediates(image)
+    for mine, reference in zip(ours["image_intermediates"], theirs["image_intermediates"]):
+        assert torch.equal(mine, reference)

@@ -176,7 +176,7 @@ class FamilyVisionTransformer(VisionTransformer):
                 f"{self.family_title} reduces the image tokens, so its intermediates lie on no patch grid and "
                 f"output_fmt {output_fmt!r} cannot hold them: pass output_fmt='NLC' (in model.forward_intermediates: "
                 "image_output_fmt='NLC') for each layer's B x N x W tokens, N as the family leaves it")
-        depth = len(self.transformer.resblocks)
+        depth = len(openclip.blocks(self))
         take, _ = feature_take_indices(depth, indices)
         with recording_layers(self) as recorded:
             features = self(x, **inputs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...core.costs import TowerCost, predict_plain
+from ...core.openclip import blocks
 from ...core.registration import register_family
 from ...core.registry import REDUCES, STOCK, Family, Variant
 from . import select
@@ -20,7 +21,7 @@ def ema_flops(visual: MaskVisionTransformer, cost: TowerCost) -> int:
     caption into the tower's width); ``similarity`` adds each patch through the projection head."""
     cfg = visual.mask_cfg
     n = cost.num_patches + 1
-    layers = len(visual.transformer.resblocks)
+    layers = len(blocks(visual))
     flops = cost.embed() + layers * (cost.layer(n) + cost.mix(n))
     if cfg.strategy != "attentive_text":
         return flops
@@ -33,7 +34,7 @@ def predict_mask(visual: MaskVisionTransformer, cost: TowerCost, train: bool = T
     """FLOPs per image: a training step of the masked tower (the patch embedding of every patch, the layers on the
     kept tokens) plus its choice of patches (``cluster``: the pixel cosines to the anchors; ``attentive*``: the
     EMA pass); at inference, or when nothing is masked, the stock forward."""
-    layers = len(visual.transformer.resblocks)
+    layers = len(blocks(visual))
     if not (train and visual.masks):
         return predict_plain(cost, (cost.num_patches + 1,) * layers, train)
     cfg = visual.mask_cfg

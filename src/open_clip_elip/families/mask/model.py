@@ -1,6 +1,6 @@
 """``-mask`` models: OpenCLIP's ``VisionTransformer`` and ``CLIP`` with the patch tokens chosen once, at the input.
 
-After the patch and positional embeddings (``_embeds``: ``ln_pre`` is per token, so choosing after it equals
+After the patch and positional embeddings (``core.towers.embed``: ``ln_pre`` is per token, so choosing after it equals
 choosing before), the CLS token and the top-``k`` patches of the strategy's scores (kept in their original order)
 go through the layers; in eval mode the forward is the stock one. ``attentive*`` towers hold an EMA copy of
 themselves at ``visual.ema`` (``model.visual_ema``), an ordinary OpenCLIP ``VisionTransformer`` without gradient.
@@ -9,17 +9,27 @@ a stock state dict loads strictly (the EMA tower, if any, starts from its weight
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
-from open_clip.transformer import PatchDropout, VisionTransformer
 
 from ...core.attention import QUERY, attend, cls_probs, project, qkv
+from ...core.openclip import CLIP, PatchDropout, VisionTransformer, blocks
+from ...core.options import Choice, Count, Default, Ratio, check_options
 from ...core.reduce import select_tokens, take_tokens
-from ...core.towers import FamilyCLIP, check_prunable, check_vision_transformer, pool_and_project, run_layer, swap_class
+from ...core.towers import (
+    FamilyCLIP,
+    FamilyVisionTransformer,
+    apply_options,
+    check_prunable,
+    check_vision_transformer,
+    embed,
+    pool_and_project,
+    run_layer,
+    swap_tower,
+)
 from . import select
 from .ema import BASE_MOMENTUM, EMA_MODULE, EMA_STEPS, ema_update, momentum, track
 
@@ -54,43 +64,35 @@ class MaskConfig:
 
     @classmethod
     def from_options(cls, options: dict) -> "MaskConfig":
-        """Validated options; ValueError naming the option and what it takes."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(names))
-        if unknown:
-            raise ValueError(f"mask_cfg: unknown option(s) {unknown}; accepted options are {names}")
-        cfg = cls(**options)
-        for name, (check, takes) in RULES.items():
-            value = getattr(cfg, name)
-            if not check(value):
-                raise ValueError(f"mask_cfg {name} must be {takes}, got {value!r}")
-        return cfg
+        """Validated options (``MASK_OPTIONS``' kinds); ValueError naming the option, the value and what it takes."""
+        return cls(**check_options("mask_cfg", MASK_OPTIONS, options))
 
     def options(self) -> dict:
         return asdict(self)
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-RULES = {  # option -> (accepts, what it takes), checked in this order
-    "strategy": (lambda v: v in STRATEGIES, f"one of {list(STRATEGIES)}"),
-    "keep_ratio": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "center_cov": (lambda v: _number(v) and v > 0, "a positive number"),
-    "anchor_ratio": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "text_scoring": (lambda v: v in TEXT_SCORINGS, f"one of {list(TEXT_SCORINGS)}"),
-    "lam": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "ema_momentum": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "total_steps": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
-                    "a positive int (the run's optimizer steps) or null (constant momentum)"),
+MASK_OPTIONS = {  # option -> kind (core.options)
+    "strategy": Choice(STRATEGIES),
+    "keep_ratio": Ratio(),
+    "center_cov": Ratio(0.0, 100.0),  # the prior is all but flat long before 100
+    "anchor_ratio": Ratio(),
+    "text_scoring": Choice(TEXT_SCORINGS),
+    "lam": Ratio(closed_low=True),
+    "ema_momentum": Ratio(closed_low=True),
+    "total_steps": Default(Count(1)),
 }
 
 
-class MaskVisionTransformer(VisionTransformer):
+class MaskVisionTransformer(FamilyVisionTransformer):
     """OpenCLIP ViT image tower that keeps the CLS token and ``num_keep`` patches in training:
     ``forward(x, text_features=None)``; ``text_features`` (the paired captions' L2-normalised embeddings,
     ``B x embed_dim``) are read by ``attentive_text`` only."""
+
+    family_title = "-mask"
+
+    def reduces(self, **inputs) -> bool:
+        """Patches are dropped in training only (eval: the stock forward)."""
+        return self.training and self.masks
 
     def init_mask(self, cfg: MaskConfig, ema: Optional[VisionTransformer] = None) -> None:
         """Check the options against this tower and store them; ``ema``: the EMA tower to keep (``attentive*``),
@@ -126,9 +128,9 @@ class MaskVisionTransformer(VisionTransformer):
         if not self.training or not self.masks:
             return super().forward(x)
         keep_index = self.kept_patches(x, text_features)
-        tokens = self._embeds(x)
+        tokens = embed(self, x)
         tokens = torch.cat([tokens[:, :1], take_tokens(tokens[:, 1:], keep_index)], dim=1)
-        for layer in self.transformer.resblocks:
+        for layer in blocks(self):
             tokens = run_layer(self, layer, tokens)
         return pool_and_project(self, tokens)
 
@@ -197,9 +199,10 @@ def ema_scores(ema: VisionTransformer, x: torch.Tensor, text_features: Optional[
     averaged over heads and every layer; with a caption, ``attentive_text``'s scoring (``cfg.text_scoring``)."""
     fused = text_features is not None and cfg.text_scoring == "fused"
     text_embed = text_features.to(ema.proj.dtype) @ ema.proj.T if fused else None
-    tokens = ema._embeds(x)
+    tokens = embed(ema, x)
     total = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, device=x.device)
-    for block in ema.transformer.resblocks:
+    layers = blocks(ema)
+    for block in layers:
         q, k, v = qkv(block, block.ln_1(tokens))
         if fused:  # the CLS query of the fused token (1 - lam) text + lam CLS, text norm-matched to the CLS
             cls = tokens[:, :1]
@@ -209,7 +212,7 @@ def ema_scores(ema: VisionTransformer, x: torch.Tensor, text_features: Optional[
             total = total + cls_probs(q[:, :, :1], k)
         tokens = tokens + block.ls_1(attend(block, q, k, v))
         tokens = tokens + block.ls_2(block.mlp(block.ln_2(tokens)))
-    attention = total / len(ema.transformer.resblocks)
+    attention = total / len(layers)
     if text_features is None or fused:
         return attention
     patches = ema.ln_post(tokens[:, 1:]) @ ema.proj
@@ -222,6 +225,7 @@ class MaskCLIP(FamilyCLIP):
     captions' embeddings (detached) reach the tower, which reads them with ``attentive_text`` only."""
 
     config_block = "mask_cfg"
+    option_spec = MASK_OPTIONS
 
     def __init__(self, *args, mask_cfg: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -234,6 +238,12 @@ class MaskCLIP(FamilyCLIP):
 
     def options(self) -> dict:
         return self.visual.mask_cfg.options()
+
+    def image_inputs(self, text: torch.Tensor) -> dict:
+        """``attentive_text`` in training reads the captions' embeddings, as in ``forward``."""
+        if not self._reads_captions():
+            return {}
+        return {"text_features": self.encode_text(text, normalize=True).detach()}
 
     def encode_image(self, image, normalize: bool = False, text_features: Optional[torch.Tensor] = None):
         features = self.visual(image, text_features=text_features)
@@ -275,16 +285,16 @@ def _convert_visual(visual: torch.nn.Module, options: dict) -> None:
         previous = visual.mask_cfg
         ema = _to_stock(visual)
         try:
-            swap_class(visual, MaskVisionTransformer, lambda: visual.init_mask(cfg, ema))
+            swap_tower(visual, MaskVisionTransformer, lambda: visual.init_mask(cfg, ema))
         except Exception:
-            swap_class(visual, MaskVisionTransformer, lambda: visual.init_mask(previous, ema))
+            swap_tower(visual, MaskVisionTransformer, lambda: visual.init_mask(previous, ema))
             raise
         return
     check_vision_transformer(visual, "-mask")
     if type(visual) is not VisionTransformer:
         raise TypeError(f"-mask masks the patches of OpenCLIP's own VisionTransformer; this model's image tower is "
                         f"{type(visual).__name__} (other families' towers are not supported)")
-    swap_class(visual, MaskVisionTransformer, lambda: visual.init_mask(cfg))
+    swap_tower(visual, MaskVisionTransformer, lambda: visual.init_mask(cfg))
 
 
 def apply_mask(model: CLIP, mask_cfg: Optional[dict] = None, **options) -> MaskCLIP:
@@ -292,12 +302,7 @@ def apply_mask(model: CLIP, mask_cfg: Optional[dict] = None, **options) -> MaskC
     add the EMA tower, a copy of the image tower). ``mask_cfg`` and ``options`` are ``MaskConfig`` fields, e.g.
     ``apply_mask(model, strategy="attentive")``; on a ``MaskCLIP`` they change only the options they name (an EMA
     tower is kept while the strategy needs one). A refused option leaves the model as it was."""
-    if type(model) not in (CLIP, MaskCLIP):
-        raise TypeError(f"apply_mask takes an open_clip CLIP model (as create_model('ViT-B-16') returns), "
-                        f"got {type(model).__name__}")
-    given = {**(mask_cfg or {}), **options}
-    if type(model) is MaskCLIP:
-        given = {**model.options(), **given}
+    given = apply_options(model, MaskCLIP, mask_cfg, options)  # TypeError unless a CLIP
     _convert_visual(model.visual, given)
     model.__class__ = MaskCLIP
     return model
@@ -305,4 +310,4 @@ def apply_mask(model: CLIP, mask_cfg: Optional[dict] = None, **options) -> MaskC
 
 def kept_tokens(visual: MaskVisionTransformer) -> Tuple[int, ...]:
     """Tokens entering each layer on the training path (CLS included)."""
-    return (visual.num_keep + 1,) * len(visual.transformer.resblocks)
+    return (visual.num_keep + 1,) * len(blocks(visual))
