@@ -60,10 +60,10 @@ gpu-check: install
 OPEN_CLIP ?= 3.1.0
 REFUSED ?= 2.24.0
 compat:
-	PYTHON=$(PYTHON) compat/lane.sh $(OPEN_CLIP)
+	PYTHON=$(PYTHON) tests/compat/lane.sh $(OPEN_CLIP)
 
 compat-refused:
-	PYTHON=$(PYTHON) compat/lane.sh $(REFUSED) --refused
+	PYTHON=$(PYTHON) tests/compat/lane.sh $(REFUSED) --refused
 
 clean:
 	rm -rf $(VENV) .venv-compat build src/*.egg-info .pytest_cache

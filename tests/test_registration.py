@@ -22,8 +22,18 @@ from open_clip_elip import ElipCLIP
 
 REPO = Path(__file__).resolve().parents[1]
 ELIP_NAMES = {"ViT-S-16-elip", "ViT-B-16-elip", "ViT-B-32-elip", "ViT-L-14-elip"}
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-                                    ".ruff_cache", "runs", "tests")
+
+
+def copy_source(target: Path) -> None:
+    """The files git would commit here (tracked, or new and not ignored), tests and study records left out: never
+    a venv, a build or a run folder that happens to lie in the checkout."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in listed:
+        if name.startswith(("tests/", "docs/study/")) or not (REPO / name).is_file():
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target / name)
 
 
 def python(code, executable=sys.executable, pythonpath=None, **variables):
@@ -118,7 +128,7 @@ def test_install_carries_the_start_up_hook_and_the_fixes(tmp_path, mode):
     """``pip install`` of the tree (a wheel built from it), of an sdist (as ``python -m build`` makes it) and ``-e``;
     ``make install-check`` does the same with the registry's packages in a venv of its own."""
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, ignore=NOT_SOURCE)  # builds write into the source tree: not into ours
+    copy_source(source)  # builds write into the source tree: not into ours
     target = source
     if mode == "sdist":
         built = subprocess.run([sys.executable, "-c", "from setuptools import build_meta\n"

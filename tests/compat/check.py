@@ -1,4 +1,4 @@
-"""The compatibility lane's check (``compat/lane.sh`` runs it in a venv holding one OpenCLIP release and this
+"""The compatibility lane's check (``tests/compat/lane.sh`` runs it in a venv holding one OpenCLIP release and this
 package, installed): registration; each family's unguided output against stock and its state dict loading strictly
 both ways; a guided training step of each family; two steps of that release's trainer per family; and, where the
 trainer has ``--fsdp`` (OpenCLIP main), each family under FSDP2 in two CPU processes, with and without

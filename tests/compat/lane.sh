@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The compatibility lane: this package against one OpenCLIP release, in a venv of its own.
-#   compat/lane.sh 3.1.0              a release from the registry (open_clip_torch==3.1.0)
-#   compat/lane.sh /path/to/x.whl     a wheel (e.g. one built from OpenCLIP's main branch)
-#   compat/lane.sh 2.24.0 --refused   a release the package does not support: installed next to it with
+#   tests/compat/lane.sh 3.1.0              a release from the registry (open_clip_torch==3.1.0)
+#   tests/compat/lane.sh /path/to/x.whl     a wheel (e.g. one built from OpenCLIP's main branch)
+#   tests/compat/lane.sh 2.24.0 --refused   a release the package does not support: installed next to it with
 #                                     `pip install --no-deps`, stock OpenCLIP must work as without it
 # The venvs live in .venv-compat/ (git-ignored): torch and torchvision are installed once, in
 # .venv-compat/torch, and hard-linked into each .venv-compat/<release> (no second copy on disk).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OPEN_CLIP=${1:?usage: compat/lane.sh <release or wheel path> [--refused]}
+cd "$(dirname "$0")/../.."
+OPEN_CLIP=${1:?usage: tests/compat/lane.sh <release or wheel path> [--refused]}
 MODE=${2:-}
 PYTHON=${PYTHON:-python3}
 ROOT=.venv-compat
@@ -44,6 +44,6 @@ fi
 echo "compat lane: $("$VENV/bin/python" -c 'import importlib.metadata as m; print("open_clip_torch", m.version("open_clip_torch"))')"
 cd /tmp  # the installed package, not this checkout's sources on the path by accident
 if [ "$MODE" = --refused ]; then
-  exec env -u PYTHONPATH OMP_NUM_THREADS=1 "$OLDPWD/$VENV/bin/python" "$OLDPWD/compat/refused.py"
+  exec env -u PYTHONPATH OMP_NUM_THREADS=1 "$OLDPWD/$VENV/bin/python" "$OLDPWD/tests/compat/refused.py"
 fi
-exec env -u PYTHONPATH OMP_NUM_THREADS=1 "$OLDPWD/$VENV/bin/python" "$OLDPWD/compat/check.py"
+exec env -u PYTHONPATH OMP_NUM_THREADS=1 "$OLDPWD/$VENV/bin/python" "$OLDPWD/tests/compat/check.py"
