@@ -22,8 +22,12 @@ FAMILY_BLOCKS = {
     "elip": {"elip_cfg": {"layout": [1, 1, 1, 1], "keep_ratios": [0.9, 0.65, 0.4]}},
     "evit": {"evit_cfg": {"keep_rate": 0.7, "prune_layers": [1, 2]}},
     "tome": {"tome_cfg": {"r": 8}},
+    "mask": {"mask_cfg": {"strategy": "center"}},
 }
-NO_OP = {"elip": {}, "evit": {"evit_cfg": {"keep_rate": 1.0}}, "tome": {"tome_cfg": {"r": 0}}}
+NO_OP = {"elip": {}, "evit": {"evit_cfg": {"keep_rate": 1.0}}, "tome": {"tome_cfg": {"r": 0}},
+         "mask": {"mask_cfg": {"keep_ratio": 1.0}}}
+STOCK_IN_EVAL = ("elip", "mask")  # their eval-mode forward without a caption is the stock one
+FSDP_FAMILIES = ("elip", "evit", "tome")  # -mask draws its masks per sample: shards draw other masks than one process
 LOSS = re.compile(r"(\w*[Ll]oss): ([0-9.eE+-]+) \(")
 
 
@@ -70,9 +74,11 @@ def expect(condition: bool, message: str) -> None:
 def check_registration() -> None:
     expect(openclip.check() == [], f"core.openclip.check() passes on OpenCLIP {openclip.VERSION}")
     models = set(open_clip.list_models())
-    expect({"ViT-B-16-elip", "ViT-B-16-evit", "ViT-B-16-tome"} <= models, "the -elip/-evit/-tome twins are registered")
+    expect({"ViT-B-16-elip", "ViT-B-16-evit", "ViT-B-16-tome", "ViT-B-16-mask"} <= models,
+           "the -elip/-evit/-tome/-mask twins are registered")
     classes = {family: type(open_clip.create_model(f"{TINY}-{family}")).__name__ for family in FAMILY_BLOCKS}
-    expect(classes == {"elip": "ElipCLIP", "evit": "EvitCLIP", "tome": "TomeCLIP"}, f"create_model builds {classes}")
+    expect(classes == {"elip": "ElipCLIP", "evit": "EvitCLIP", "tome": "TomeCLIP", "mask": "MaskCLIP"},
+           f"create_model builds {classes}")
     expect(type(open_clip.create_model(TINY)) is openclip.CLIP, "a stock config still builds the stock CLIP")
 
 
@@ -92,8 +98,9 @@ def check_outputs_and_state_dicts() -> None:
         with torch.no_grad():
             want, got = stock.encode_image(images), no_op.encode_image(images)
             reduced = model.encode_image(images)
-        if family == "elip":  # unguided: the stock forward itself
-            expect(torch.equal(got, want), "elip: unguided output equals stock, bit for bit")
+        if family in STOCK_IN_EVAL:  # unguided, in eval mode: the stock forward itself
+            expect(torch.equal(got, want) and torch.equal(reduced, want),
+                   f"{family}: unguided eval output equals stock, bit for bit")
         else:
             expect(torch.allclose(got, want, atol=1e-5), f"{family}: output without reduction ({NO_OP[family]}) "
                                                          "equals stock")
@@ -180,7 +187,7 @@ def check_trainer(shards: str) -> None:
 def check_fsdp(shards: str) -> None:
     """FSDP2 in two processes (8 samples each) against one unsharded process (16): every epoch is one step over all
     16 samples (uncropped: ``scale=(1, 1)``), so each step's contrastive loss is the same up to float rounding."""
-    for family in FAMILY_BLOCKS:
+    for family in FSDP_FAMILIES:
         model = f"{TINY}-{family}"
         reference = trainer(f"unsharded-{family}", model, shards, batch=16, epochs=3)
         expect(len(reference) == 3, f"{family}: unsharded losses {reference}")
