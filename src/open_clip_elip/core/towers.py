@@ -17,6 +17,7 @@ import functools
 from typing import Callable, List, Mapping, Optional, Type, TypeVar, Union
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import openclip
@@ -251,6 +252,43 @@ class FamilyCLIP(CLIP):
                 "its model config is unknown; create it with open_clip.create_model(name, ...), or save "
                 f"open_clip.get_model_config(name) with its '{self.config_block}' set to {self.options()}")
         return {**copy.deepcopy(created_from), self.config_block: self.options()}
+
+
+class GuidedCLIP(FamilyCLIP):
+    """A family model whose image tower can read the paired captions: ``forward`` gives the tower the captions'
+    L2-normalised embeddings, detached (``text_features=``), whenever ``reads_captions()`` says so, and
+    ``image_inputs`` does the same for ``forward_intermediates``."""
+
+    def reads_captions(self) -> bool:
+        """Whether the image tower takes the captions now (always, unless a family says otherwise)."""
+        return True
+
+    def image_inputs(self, text: torch.Tensor) -> dict:
+        """The captions' embeddings, as ``forward`` gives them to the image tower."""
+        return {"text_features": self.encode_text(text, normalize=True).detach()} if self.reads_captions() else {}
+
+    def encode_image(self, image, normalize: bool = False, text_features: Optional[torch.Tensor] = None):
+        features = self.visual(image, text_features=text_features)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
+        # the class's methods, not the instance's: under FSDP2 the instance's encode_text / encode_image are
+        # wrappers (register_fsdp_forward_method) that gather the root's weights and free them on return, which
+        # would leave this forward with sharded ones (logit_scale) after the first call
+        cls = type(self)
+        text_features = cls.encode_text(self, text, normalize=True) if text is not None else None
+        guide = text_features.detach() if text_features is not None and self.reads_captions() else None
+        image_features = (
+            cls.encode_image(self, image, normalize=True, text_features=guide) if image is not None else None)
+        if self.output_dict:
+            out_dict = {"image_features": image_features, "text_features": text_features,
+                        "logit_scale": self.logit_scale.exp()}
+            if self.logit_bias is not None:
+                out_dict["logit_bias"] = self.logit_bias
+            return out_dict
+        if self.logit_bias is not None:
+            return image_features, text_features, self.logit_scale.exp(), self.logit_bias
+        return image_features, text_features, self.logit_scale.exp()
 
 
 def apply_options(model: CLIP, model_class: Type[FamilyCLIP], cfg: Optional[Mapping], options: Mapping) -> dict:

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ...core.attention import cls_attention
 from ...core.openclip import CLIP, PatchDropout, blocks
 from ...core.towers import (
-    FamilyCLIP,
     FamilyVisionTransformer,
+    GuidedCLIP,
     apply_options,
     call_block,
     check_prunable,
@@ -163,7 +162,7 @@ def _track(provenance, keep_index, weights, num_out):
     return torch.cat([kept, weights.to(provenance.dtype).unsqueeze(1) @ provenance], dim=1)
 
 
-class ElipCLIP(FamilyCLIP):
+class ElipCLIP(GuidedCLIP):
     """OpenCLIP ``CLIP`` whose image tower is guided by the paired captions in ``forward``."""
 
     config_block = "elip_cfg"
@@ -175,37 +174,6 @@ class ElipCLIP(FamilyCLIP):
 
     def options(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.visual.elip_cfg).items()}
-
-    def image_inputs(self, text: torch.Tensor) -> dict:
-        """The image tower is guided by the captions' embeddings, as in ``forward``."""
-        return {"text_features": self.encode_text(text, normalize=True).detach()}
-
-    def encode_image(self, image, normalize: bool = False, text_features: Optional[torch.Tensor] = None):
-        features = self.visual(image, text_features=text_features)
-        return F.normalize(features, dim=-1) if normalize else features
-
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        # the class's methods, not the instance's: under FSDP2 the instance's encode_text / encode_image are
-        # wrappers (register_fsdp_forward_method) that gather the root's weights and free them on return, which
-        # would leave this forward with sharded ones (logit_scale) after the first call
-        cls = type(self)
-        text_features = cls.encode_text(self, text, normalize=True) if text is not None else None
-        guide = text_features.detach() if text_features is not None else None
-        image_features = (
-            cls.encode_image(self, image, normalize=True, text_features=guide) if image is not None else None)
-
-        if self.output_dict:
-            out_dict = {
-                "image_features": image_features,
-                "text_features": text_features,
-                "logit_scale": self.logit_scale.exp(),
-            }
-            if self.logit_bias is not None:
-                out_dict["logit_bias"] = self.logit_bias
-            return out_dict
-        if self.logit_bias is not None:
-            return image_features, text_features, self.logit_scale.exp(), self.logit_bias
-        return image_features, text_features, self.logit_scale.exp()
 
 
 def _convert_visual(visual: torch.nn.Module, elip_cfg, **overrides) -> None:

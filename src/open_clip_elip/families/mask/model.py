@@ -20,8 +20,8 @@ from ...core.openclip import CLIP, PatchDropout, VisionTransformer, blocks
 from ...core.options import Choice, Count, Default, Ratio, check_options
 from ...core.reduce import select_tokens, take_tokens
 from ...core.towers import (
-    FamilyCLIP,
     FamilyVisionTransformer,
+    GuidedCLIP,
     apply_options,
     check_prunable,
     check_vision_transformer,
@@ -220,7 +220,7 @@ def ema_scores(ema: VisionTransformer, x: torch.Tensor, text_features: Optional[
     return cfg.lam * select.standardise(attention) + (1 - cfg.lam) * select.standardise(similarity[..., 0])
 
 
-class MaskCLIP(FamilyCLIP):
+class MaskCLIP(GuidedCLIP):
     """OpenCLIP ``CLIP`` whose image tower masks patches in training (config block ``mask_cfg``); the paired
     captions' embeddings (detached) reach the tower, which reads them with ``attentive_text`` only."""
 
@@ -239,32 +239,8 @@ class MaskCLIP(FamilyCLIP):
     def options(self) -> dict:
         return self.visual.mask_cfg.options()
 
-    def image_inputs(self, text: torch.Tensor) -> dict:
-        """``attentive_text`` in training reads the captions' embeddings, as in ``forward``."""
-        if not self._reads_captions():
-            return {}
-        return {"text_features": self.encode_text(text, normalize=True).detach()}
-
-    def encode_image(self, image, normalize: bool = False, text_features: Optional[torch.Tensor] = None):
-        features = self.visual(image, text_features=text_features)
-        return F.normalize(features, dim=-1) if normalize else features
-
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        text_features = self.encode_text(text, normalize=True) if text is not None else None
-        guide = text_features.detach() if text_features is not None and self._reads_captions() else None
-        image_features = (
-            self.encode_image(image, normalize=True, text_features=guide) if image is not None else None)
-        if self.output_dict:
-            out_dict = {"image_features": image_features, "text_features": text_features,
-                        "logit_scale": self.logit_scale.exp()}
-            if self.logit_bias is not None:
-                out_dict["logit_bias"] = self.logit_bias
-            return out_dict
-        if self.logit_bias is not None:
-            return image_features, text_features, self.logit_scale.exp(), self.logit_bias
-        return image_features, text_features, self.logit_scale.exp()
-
-    def _reads_captions(self) -> bool:
+    def reads_captions(self) -> bool:
+        """``attentive_text`` in training reads the captions."""
         return self.visual.mask_cfg.strategy == "attentive_text" and self.visual.training
 
 
