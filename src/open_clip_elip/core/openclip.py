@@ -24,11 +24,14 @@ import torch
 import torch.nn.functional as F
 from open_clip import factory
 from open_clip import pretrained as _pretrained
+from open_clip import utils as _utils
 from open_clip.model import CLIP
 from open_clip.transformer import PatchDropout, ResidualAttentionBlock, VisionTransformer
-from open_clip.utils import feature_take_indices
 
 __all__ = ["CLIP", "PatchDropout", "ResidualAttentionBlock", "VisionTransformer", "feature_take_indices"]
+
+# the layer picker of ``forward_intermediates`` (from 2.32; ``check()`` refuses an OpenCLIP without it)
+feature_take_indices = getattr(_utils, "feature_take_indices", None)
 
 def _installed_version() -> str:
     """``open_clip.__version__`` (2.24 has none: then the distribution's)."""
@@ -223,6 +226,7 @@ def check() -> List[str]:
                        "get_model_config", "create_model"),
              _pretrained: ("_PRETRAINED", "is_pretrained_cfg", "list_pretrained_tags_by_model"),
              VisionTransformer: ("_embeds", "_pool"),
+             _utils: ("feature_take_indices",),
              ResidualAttentionBlock: ("attention",)}
     problems += [f"{getattr(owner, '__name__', owner)}.{name} is missing"
                  for owner, attrs in names.items() for name in attrs if not hasattr(owner, name)]
@@ -297,7 +301,8 @@ def usable() -> bool:
         if _state["problems"]:
             warnings.warn(
                 f"open_clip_elip: OpenCLIP {VERSION} is not supported (supported: {SUPPORTED}): "
-                f"{'; '.join(_state['problems'])}. No -elip/-evit/-tome model is registered and open_clip works as "
-                "without this package; install a supported open_clip_torch (e.g. pip install open_clip_torch==3.3.0)",
+                f"{'; '.join(_state['problems'])}. No family model (-elip, -evit, -tome, -mask) is registered and "
+                "open_clip works as without this package; install a supported open_clip_torch (e.g. pip install "
+                "open_clip_torch==3.3.0)",
                 RuntimeWarning, stacklevel=2)
     return not _state["problems"]
