@@ -430,10 +430,11 @@ def test_grad_checkpointing_gives_the_same_loss_and_grads_with_the_ema_tower():
     assert "visual.ema.conv1.weight" not in grads
 
 
-@pytest.mark.parametrize("strategy", ["attentive_text", "cluster"])
-def test_the_training_forward_compiles_without_graph_breaks(strategy):
+@pytest.mark.parametrize("strategy,scoring", [("attentive_text", "fused"), ("attentive_text", "similarity"),
+                                              ("cluster", "fused")])
+def test_the_training_forward_compiles_without_graph_breaks(strategy, scoring):
     torch._dynamo.reset()
-    model = tiny_mask(strategy=strategy).train()
+    model = tiny_mask(strategy=strategy, text_scoring=scoring).train()
     image, text = images(2), captions(model, 2)
     compiled = torch.compile(model.visual, fullgraph=True, backend="aot_eager")
     torch.manual_seed(0)

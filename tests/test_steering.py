@@ -10,6 +10,7 @@ from conftest import TINY_ELIP, TINY_STOCK
 from open_clip import create_model, create_model_and_transforms, get_tokenizer, tokenize
 
 from open_clip_elip import scenes, steering
+from open_clip_elip.families.mask import MaskCLIP
 from open_clip_elip.leak import id_sets, kept_patch_ids
 from open_clip_elip.steering import BACKGROUND, diagnose, main, patch_regions, region_shares, steering_of
 
@@ -90,7 +91,7 @@ def test_a_selection_that_reads_only_the_caption_moves(tiny_configs):
 
 
 def test_errors_name_the_problem(tiny_configs):
-    with pytest.raises(ValueError, match="needs a model that chooses tokens.*got CLIP"):
+    with pytest.raises(ValueError, match="needs a model that chooses tokens.*ELIP or -mask.*got CLIP"):
         diagnose(create_model(TINY_STOCK), *canvases())
     images, boxes, first, second = canvases()
     with pytest.raises(ValueError, match="differ in number: 16, 15"):
@@ -116,20 +117,103 @@ def test_the_command_line_reads_scenes_shards_and_writes_the_json(tiny_configs, 
     written = json.loads((out / "steering.json").read_text())
     assert "steering" in capsys.readouterr().out
     # the same numbers from the shard read by hand: boxes of 14 px items, captions naming each item's class
-    import webdataset as wds
-
-    _, _, preprocess = create_model_and_transforms(TINY_ELIP)
-    samples = list(wds.WebDataset(data, shardshuffle=False).decode("pilrgb").to_tuple("jpg", "json"))
-    assert all((np.diff(np.asarray(m["boxes"])[:, ::2], axis=1) == 14).all() for _, m in samples)
-    from open_clip_elip.fashion_mnist import captions
-
-    labels = np.asarray([m["labels"] for _, m in samples])
-    tokenizer = get_tokenizer(TINY_ELIP)
-    texts = [tokenizer(captions(labels[:, k], seed=0)) for k in (0, 1)]
-    images = torch.stack([preprocess(image) for image, _ in samples])
-    boxes = torch.tensor([m["boxes"] for _, m in samples], dtype=torch.float64)
+    images, boxes, texts = shard_inputs(data, TINY_ELIP)
+    assert ((boxes[:, :, 2] - boxes[:, :, 0]) == 14).all()
     loaded = create_model(TINY_ELIP).eval()  # by name: the config's own options, the checkpoint's weights
     loaded.load_state_dict(model.state_dict())
     assert written == pytest.approx(diagnose(loaded, images, boxes, *texts, batch_size=8))
     other_weights = steering.steering_report(TINY_ELIP, "", data, samples=24, batch_size=8)
     assert other_weights != pytest.approx(written)
+
+
+# --- the -mask family: block 1, the patches a training forward keeps at the input --------------------------------
+
+def tiny_mask(**mask_cfg):
+    """A -mask model of the tiny config (32 px, patch 4: the canvases' 8 x 8 grid), untrained."""
+    from conftest import tiny_config
+
+    torch.manual_seed(3)
+    return MaskCLIP(**tiny_config(False), mask_cfg=mask_cfg).eval()
+
+
+@pytest.mark.parametrize("options", [{"strategy": "attentive"}, {"strategy": "random"}, {"strategy": "center"},
+                                     {"strategy": "cluster"}, {"strategy": "attentive_text", "lam": 1.0}])
+def test_a_mask_that_does_not_read_the_caption_steers_exactly_zero(options):
+    report = diagnose(tiny_mask(**options), *canvases(), batch_size=8)
+    assert {k for k in report if k.startswith("steering")} == {"steering", "steering_b1"}
+    assert report["steering_b1"] == 0 and report["steering"] == 0
+    shares = [report[f"kept_{r}_b1"] for r in ("named", "other", "background")]
+    assert sum(shares) == pytest.approx(100) and all(0 <= s <= 100 for s in shares)
+    assert report["kept_named"] == report["kept_named_b1"]
+
+
+@pytest.mark.parametrize("scoring", ["similarity", "fused"])
+def test_a_mask_that_reads_the_caption_steers_as_its_trace_says(scoring):
+    model = tiny_mask(strategy="attentive_text", text_scoring=scoring, lam=0.0)
+    images, boxes, first, second = canvases()
+    report = diagnose(model, images, boxes, first, second, batch_size=8)
+    assert report["steering_b1"] != 0
+    regions = patch_regions(boxes, 8, 4)
+    with torch.no_grad():  # the kept sets recomputed here from the trace, one caption set at a time
+        kept = [id_sets(model.visual.trace(images, model.encode_text(t, normalize=True)), 64) for t in (first, second)]
+    assert kept[0].sum(1).tolist() == [model.visual.num_keep] * 16
+    expected = steering_of(*kept, regions)
+    assert report["steering"] == pytest.approx(expected["steering"].mean().item() * 100)
+    assert report["kept_background_b1"] == pytest.approx(expected["background"].mean().item() * 100)
+
+
+def test_random_masks_draw_from_their_own_seed_and_leave_the_callers_state():
+    model = tiny_mask(strategy="random")
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    first = diagnose(model, *canvases(), batch_size=8)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(12)
+    assert first == diagnose(model, *canvases(), batch_size=8)  # seeded per batch, whatever the caller's state
+
+
+def test_the_command_line_loads_a_stock_checkpoint_into_a_mask_model_with_options(tiny_configs, scene_shards, capsys):
+    import open_clip
+    from conftest import tiny_config
+
+    out, data = scene_shards
+    (out / "configs").mkdir(exist_ok=True)
+    (out / "configs" / "ViT-Tiny-4-mask.json").write_text(json.dumps({**tiny_config(False), "mask_cfg": {}}))
+    open_clip.add_model_config(out / "configs")
+    torch.manual_seed(7)
+    stock = create_model(TINY_STOCK)
+    torch.save({"epoch": 1, "state_dict": stock.state_dict()}, out / "stock.pt")
+    options = {"strategy": "attentive_text", "text_scoring": "fused", "lam": 0.0}
+    assert main(["--model", "ViT-Tiny-4-mask", "--pretrained", str(out / "stock.pt"), "--data", data,
+                 "--samples", "24", "--batch-size", "8", "--options", json.dumps(options),
+                 "--out", str(out / "mask.json")]) == 0
+    written = json.loads((out / "mask.json").read_text())
+    # by hand: the stock weights in a -mask model with those options, its EMA tower a copy of the image tower
+    model = MaskCLIP(**tiny_config(False), mask_cfg=options).eval()
+    model.load_state_dict(stock.state_dict())  # strict: the EMA tower starts from the image tower
+    assert all(torch.equal(p, q) for p, q in zip(model.visual_ema.parameters(), stock.visual.parameters()))
+    images, boxes, texts = shard_inputs(data, "ViT-Tiny-4-mask")
+    assert written == pytest.approx(diagnose(model, images, boxes, *texts, batch_size=8))
+    assert written["steering"] != 0
+    capsys.readouterr()
+    assert main(["--model", TINY_STOCK, "--data", data, "--options", '{"lam": 0}']) == 2
+    assert "has no family config block" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "ViT-Tiny-4-mask", "--data", data, "--options", "[1]"])
+    assert "--options must be a JSON object" in capsys.readouterr().err
+
+
+def shard_inputs(data, model_name):
+    """Preprocessed images, boxes and the two caption sets of a scenes shard, read by hand."""
+    import webdataset as wds
+
+    from open_clip_elip.fashion_mnist import captions
+
+    _, _, preprocess = create_model_and_transforms(model_name)
+    samples = list(wds.WebDataset(data, shardshuffle=False).decode("pilrgb").to_tuple("jpg", "json"))
+    labels = np.asarray([m["labels"] for _, m in samples])
+    tokenizer = get_tokenizer(model_name)
+    texts = [tokenizer(captions(labels[:, k], seed=0)) for k in (0, 1)]
+    images = torch.stack([preprocess(image) for image, _ in samples])
+    boxes = torch.tensor([m["boxes"] for _, m in samples], dtype=torch.float64)
+    return images, boxes, texts

@@ -59,7 +59,7 @@ FAMILY = register_family(Family(
     flops=predict_mask,
     variants=tuple(Variant(f"mask {strategy}", {"strategy": strategy})
                    for strategy in ("center", "cluster", "attentive", "attentive_text"))
-    + (Variant("mask attentive_text fused", {"strategy": "attentive_text", "text_scoring": "fused"}),),
+    + (Variant("mask attentive_text similarity", {"strategy": "attentive_text", "text_scoring": "similarity"}),),
     description="input masking: the CLS and half the patches kept before the first layer, in training only "
                 "(random by default; center, cluster, attentive, attentive_text)",
 ))

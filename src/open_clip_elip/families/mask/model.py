@@ -35,7 +35,7 @@ from .ema import BASE_MOMENTUM, EMA_MODULE, EMA_STEPS, ema_update, momentum, tra
 
 STRATEGIES = ("random", "center", "cluster", "attentive", "attentive_text")
 WITH_EMA = ("attentive", "attentive_text")
-TEXT_SCORINGS = ("similarity", "fused")
+TEXT_SCORINGS = ("fused", "similarity")
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class MaskConfig:
     keep_ratio: share of the patches kept, in (0, 1]; 1 keeps all (the stock forward, as the +tune runs train).
     center_cov: ``center``: variance of the centre prior on the [-1, 1] grid (GLIP's 0.2).
     anchor_ratio: ``cluster``: share of the patches drawn as anchors, in (0, 1] (about 5%).
-    text_scoring: ``attentive_text``: ``similarity`` (patch-to-caption cosine through ``ln_post`` and ``proj``,
-        mixed with the attention score) or ``fused`` (the caption fused into the CLS query, norm-matched).
+    text_scoring: ``attentive_text``: ``fused`` (the caption fused into the CLS query, norm-matched; the default:
+        it steered least wrongly in the scenes measurement, docs/masking.md) or ``similarity`` (patch-to-caption
+        cosine through ``ln_post`` and ``proj``, mixed with the attention score).
     lam: ``attentive_text``: weight of the image's own attention (1: ``attentive``; 0: the caption alone).
     ema_momentum: the EMA's momentum at step 0 (A-CLIP's 0.996).
     total_steps: optimizer steps of the run: the momentum rises to 1 on a cosine over them; None: constant.
@@ -57,7 +58,7 @@ class MaskConfig:
     keep_ratio: float = 0.5
     center_cov: float = 0.2
     anchor_ratio: float = 0.05
-    text_scoring: str = "similarity"
+    text_scoring: str = "fused"
     lam: float = 0.5
     ema_momentum: float = BASE_MOMENTUM
     total_steps: Optional[int] = None
