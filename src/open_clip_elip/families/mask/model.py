@@ -144,16 +144,7 @@ class MaskVisionTransformer(FamilyVisionTransformer):
     def kept_patches(self, x: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The strategy's scores of the patches of ``x`` (no gradient), their top ``num_keep`` in order."""
         self._check_inputs(x, text_features)
-        cfg, grid, batch = self.mask_cfg, tuple(self.grid_size), x.shape[0]
-        if cfg.strategy == "random":
-            scores = select.random_scores(batch, grid[0] * grid[1], x.device)
-        elif cfg.strategy == "center":
-            scores = select.center_scores(batch, grid, cfg.center_cov, x.device)
-        elif cfg.strategy == "cluster":
-            scores = select.cluster_scores(x, tuple(self.patch_size), cfg.anchor_ratio)
-        else:
-            guide = text_features if cfg.strategy == "attentive_text" else None
-            scores = select.cell_scores(ema_scores(self.ema, x, guide, cfg), grid)
+        scores = SCORERS[self.mask_cfg.strategy](self, x, text_features)
         return select_tokens(scores, self.num_keep)
 
     def _check_inputs(self, x: torch.Tensor, text_features: Optional[torch.Tensor]) -> None:
@@ -192,6 +183,23 @@ class MaskVisionTransformer(FamilyVisionTransformer):
                     state_dict[prefix + f"{EMA_MODULE}.{key}"] = own
             state_dict.setdefault(prefix + EMA_STEPS, torch.zeros((), dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _attentive(visual: "MaskVisionTransformer", x: torch.Tensor, text_features: Optional[torch.Tensor]):
+    guide = text_features if visual.mask_cfg.strategy == "attentive_text" else None
+    return select.cell_scores(ema_scores(visual.ema, x, guide, visual.mask_cfg), tuple(visual.grid_size))
+
+
+# strategy -> (tower, images, captions' embeddings or None) -> B x N patch scores (no gradient); the top are kept
+SCORERS = {
+    "random": lambda visual, x, _: select.random_scores(x.shape[0], visual.grid_size[0] * visual.grid_size[1],
+                                                        x.device),
+    "center": lambda visual, x, _: select.center_scores(x.shape[0], tuple(visual.grid_size),
+                                                        visual.mask_cfg.center_cov, x.device),
+    "cluster": lambda visual, x, _: select.cluster_scores(x, tuple(visual.patch_size), visual.mask_cfg.anchor_ratio),
+    "attentive": _attentive,
+    "attentive_text": _attentive,
+}
 
 
 def ema_scores(ema: VisionTransformer, x: torch.Tensor, text_features: Optional[torch.Tensor],
