@@ -51,6 +51,12 @@ def attend(block: ResidualAttentionBlock, q: torch.Tensor, k: torch.Tensor, v: t
     return F.linear(out, *openclip.attention_out_proj(block))
 
 
+def match_norm(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each row of ``t`` rescaled to the norm of that row of ``reference`` (a caption term put on the CLS token's
+    scale before the two are fused into a scoring query)."""
+    return t * (reference.norm(dim=-1, keepdim=True) / t.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 def cls_probs(q_cls: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The CLS query's attention probabilities over the other tokens, averaged over heads, as
     ``nn.MultiheadAttention(need_weights=True)`` returns them with the CLS column dropped: ``B x (N - 1)``.

@@ -10,6 +10,7 @@ from typing import Sequence, Tuple
 
 import torch
 
+from ...core.attention import match_norm
 from ...core.reduce import select_tokens, take_tokens, weighted_token
 
 MERGE_EPS = 1e-6
@@ -33,9 +34,7 @@ def fuse_cls(x: torch.Tensor, text_embed: torch.Tensor, lam: float, norm_matched
 def text_term(text_embed: torch.Tensor, cls: torch.Tensor, norm_matched: bool = False) -> torch.Tensor:
     """The text embedding as step 2 mixes it in: as it is, or (``norm_matched``) each row rescaled to
     the norm of that row's CLS token."""
-    if not norm_matched:
-        return text_embed
-    return text_embed * (cls.norm(dim=-1, keepdim=True) / text_embed.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return match_norm(text_embed, cls) if norm_matched else text_embed
 
 
 def other_row(features: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ...core.attention import QUERY, attend, cls_probs, project, qkv
+from ...core.attention import QUERY, attend, cls_probs, match_norm, project, qkv
 from ...core.openclip import CLIP, PatchDropout, VisionTransformer, blocks
 from ...core.options import Choice, Count, Default, Ratio, check_options
 from ...core.reduce import select_tokens, take_tokens
@@ -215,7 +215,7 @@ def ema_scores(ema: VisionTransformer, x: torch.Tensor, text_features: Optional[
         q, k, v = qkv(block, block.ln_1(tokens))
         if fused:  # the CLS query of the fused token (1 - lam) text + lam CLS, text norm-matched to the CLS
             cls = tokens[:, :1]
-            query = (1 - cfg.lam) * select.norm_matched(text_embed.to(cls.dtype).unsqueeze(1), cls) + cfg.lam * cls
+            query = (1 - cfg.lam) * match_norm(text_embed.to(cls.dtype).unsqueeze(1), cls) + cfg.lam * cls
             total = total + cls_probs(project(block, block.ln_1(query), QUERY), k)
         else:
             total = total + cls_probs(q[:, :, :1], k)

@@ -96,7 +96,3 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
     centred = scores - scores.mean(dim=1, keepdim=True)
     return centred / (centred.pow(2).mean(dim=1, keepdim=True) + NORM_EPS).sqrt()
 
-
-def norm_matched(text_embed: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    """Each row of ``text_embed`` rescaled to the norm of that row's CLS token."""
-    return text_embed * (cls.norm(dim=-1, keepdim=True) / text_embed.norm(dim=-1, keepdim=True).clamp_min(1e-12))
