@@ -111,6 +111,21 @@ def test_trainer_commands_parse_and_carry_each_method(planned, tmp_path):
     assert by_method["stock"].pruned_model is None and by_method["elip+tune"].pruned_model is None
 
 
+def test_steering_runs_on_the_models_that_choose_patches(planned):
+    """ELIP rows steer as they leak; -mask rows as their own model, a +tune as the run it continues (its own keeps
+    every patch); stock, evit and tome have none."""
+    s, runs = planned
+    by_method = {r.method: r for r in runs if r.seed == 0}
+    base = s.configs.base
+    assert by_method["elip"].steer_model == by_method["elip"].leak_model == f"{base}-elip"
+    assert by_method["elip+tune"].steer_model == f"{base}-elip"
+    for name in ("stock", "evit", "tome", "flip-budget", "low-res+tune"):
+        assert by_method[name].steer_model is None, name
+    assert by_method["mask-attentive-text"].steer_model == f"{base}-mask-attentive-text"
+    tune = by_method["mask-attentive-text+tune"]
+    assert tune.steer_model == f"{base}-mask-attentive-text" != tune.model and tune.leak_model is None
+
+
 def test_a_continued_run_whose_checkpoint_is_gone_is_named(planned, tmp_path):
     s, runs = planned
     tune = next(r for r in runs if r.method == "elip+tune")
@@ -163,7 +178,7 @@ def test_costs_come_from_the_benchmark_cost_model(planned):
     (["--eval-dataset", "wds/x", "--eval-root", "/no/such/root"], "no folder /no/such/root"),
     (["--regimes", "fashion,beach"], "unknown regime(s) ['beach']"),
     (["--schedules", "3"], "no cell of the default preset matches --schedules 3 (with --regimes (any) --schedules "
-                          "3); its cells: fashion-x1, scenes-x4, fashion-x4"),
+                          "3); its cells: fashion-x1, scenes-x2, fashion-x4"),
     (["--schedules", "1,3"], "no cell of the default preset matches --schedules 3 (with --regimes (any) --schedules "
                             "1,3)"),  # in a list as alone: not the 1x cell silently
     (["--regimes", "fashion,scenes", "--schedules", "1"], "matches --regimes scenes (with --regimes fashion,scenes "
@@ -184,14 +199,39 @@ def test_tune_brings_the_run_it_continues():
 
 
 def test_the_preset_cells_are_chosen_by_regime_and_schedule(capsys):
-    assert [c.name for c in study.parse_args([]).cells] == ["fashion-x1", "scenes-x4", "fashion-x4"]
+    assert [c.name for c in study.parse_args([]).cells] == ["fashion-x1", "scenes-x2", "fashion-x4"]
     assert [c.name for c in study.parse_args(["--schedules", "1"]).cells] == ["fashion-x1"]
-    assert [c.name for c in study.parse_args(["--regimes", "scenes"]).cells] == ["scenes-x4"]
+    assert [c.name for c in study.parse_args(["--regimes", "scenes"]).cells] == ["scenes-x2"]
     cells = study.parse_args(["--train-data", "x/{0..1}.tar", "--train-num-samples", "99999"]).cells
-    assert [c.name for c in cells] == ["custom-x1", "custom-x4"]  # other data: one regime, each schedule
+    assert [c.name for c in cells] == ["custom-x1", "custom-x2", "custom-x4"]  # other data: one regime, each schedule
     assert study.main(["--list", "--regimes", "fashion", "--schedules", "4", "--seeds", "7"]) == 0
-    assert capsys.readouterr().out == ("fashion-x4: seeds 7; methods stock,stock-matched,stock-0.67,stock-0.5,elip,"
+    assert capsys.readouterr().out == ("fashion-x4: seeds 7: methods stock,stock-matched,stock-0.67,stock-0.5,elip,"
                                          "low-res,low-res+tune\n")
+    assert study.main(["--list", "--regimes", "scenes", "--methods", "stock,evit,elip"]) == 0
+    assert capsys.readouterr().out == "scenes-x2: seeds 0,1,2,3,4: methods stock,elip; seeds 0,1,2: methods evit\n"
+
+
+def test_a_cells_methods_run_their_own_seeds(tmp_path):
+    """A method with more (or fewer) seeds than its cell's gets them, seed by seed in the cell's order."""
+    from open_clip_elip.study.cli import seeds_of
+    from open_clip_elip.study.plan import Cell
+    cell = Cell("fashion", 1, ("stock", "evit"), 2, (("stock", 4),))
+    args = study.parse_args(["--methods", "stock,evit"])
+    assert [seeds_of(args, cell)(name) for name in ("stock", "evit")] == [[0, 1, 2, 3], [0, 1]]
+    args = study.parse_args(["--methods", "stock,evit", "--seeds", "5"])
+    assert [seeds_of(args, cell)(name) for name in ("stock", "evit")] == [[5], [5]]  # --seeds: every method's
+
+
+def test_trainer_settings_come_from_the_regime_then_the_command_line():
+    """fashion keeps the committed runs' settings, scenes its pilot's; the command line goes over both; clipping 0
+    is none."""
+    from open_clip_elip.study.data import training_settings
+    args = study.parse_args([])
+    assert training_settings(args, "fashion") == {"lr": 1e-3, "warmup": 0.1, "grad_clip_norm": None}
+    assert training_settings(args, "scenes") == {"lr": 2e-3, "warmup": 0.2, "grad_clip_norm": 1.0}
+    args = study.parse_args(["--lr", "5e-4", "--grad-clip-norm", "0"])
+    assert training_settings(args, "scenes") == {"lr": 5e-4, "warmup": 0.2, "grad_clip_norm": None}
+    assert training_settings(args, "a-pilot-candidate") == {"lr": 5e-4, "warmup": 0.1, "grad_clip_norm": None}
 
 
 def test_loss_curve_reads_the_trainers_lines():
@@ -248,9 +288,9 @@ def test_tiny_study_writes_the_report(tiny_study):
     assert pruned_eval["model"] == "ViT-FMNIST-32px-elip-pruned"
     markdown = (tiny_study / "results.md").read_text()
     for text in ("## fashion, 1x schedule", "## fashion, 2x schedule", "## scenes, 1x schedule", "| `elip` |",
-                 "| `elip+tune` |", "scored pruned", "Key comparisons", "leak", "scenes-preview.png"):
+                 "| `elip+tune` |", "scored pruned", "Key comparisons", "leak", "scenes-d0.5-0.5-preview.png"):
         assert text in markdown, text
-    for picture in ("pareto_fashion.png", "pareto_scenes.png", "curves_fashion-x1.png", "scenes-preview.png"):
+    for picture in ("pareto_fashion.png", "pareto_scenes.png", "curves_fashion-x1.png", "scenes-d0.5-0.5-preview.png"):
         assert (tiny_study / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tune_curve = pd.read_csv(tiny_study / "runs" / "fashion-x1" / "elip+tune" / "seed0" / "curve.csv")
     assert tune_curve.epoch.tolist() == sorted(tune_curve.epoch) and set(tune_curve.epoch) == {0, 1}
@@ -283,7 +323,9 @@ def test_the_scenes_regime_trains_and_scores_on_its_canvases(tiny_study):
     assert (config["image_size"] // config["patch_size"]) ** 2 == 64  # the fashion regime's token count
     evaluation = json.loads((tiny_study / "runs/scenes-x1/elip/seed0/eval/zeroshot_classification.json").read_text())
     assert evaluation["dataset"] == "wds/fashion_mnist_scenes"
-    assert "scenes-train-512" in (tiny_study / "runs/scenes-x1/elip/seed0/command.txt").read_text()
+    command = (tiny_study / "runs/scenes-x1/elip/seed0/command.txt").read_text()
+    assert "scenes-d0.5-0.5-train-512" in command  # the regime's layout names its data
+    assert "--lr 0.002 " in command and "--grad-clip-norm 1.0" in command  # and its trainer settings
     # the steering diagnostic ran on its held-out two-item canvases (ELIP reads the caption: lam 0.8)
     assert 0 <= record["steer_kept_named"] <= 100 and math.isfinite(record["steer_steering"])
     assert record["steer_steering"] == pytest.approx(json.loads(

@@ -9,14 +9,14 @@ import shlex
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import open_clip
 
 from ..core.registration import EXTRA_CONFIGS_ENV
 from . import __doc__ as STUDY_DOC
 from .configs import build_configs
-from .data import CUSTOM, REGIMES, prepare_data
+from .data import CUSTOM, REGIMES, TRAINING, prepare_data, training_settings
 from .methods import catalogue, descriptions
 from .plan import PRESETS, plan
 from .report import write_report
@@ -43,10 +43,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="rewrite OUT's report from its finished runs and settings.json, running nothing")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: reproducible)")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of each run's steps (default 0.1)")
-    parser.add_argument("--grad-clip-norm", type=float, help="the trainer's gradient clipping (default: none, as in "
-                                                             "the committed runs)")
+    defaults = ", ".join(f"{r.name} {', '.join(f'{k} {v}' for k, v in r.training.items())}"
+                         for r in REGIMES.values() if r.training)
+    parser.add_argument("--lr", type=float, help=f"learning rate (default: the regime's; {TRAINING['lr']} unless "
+                                                 f"it says otherwise: {defaults})")
+    parser.add_argument("--warmup", type=float, help=f"warm-up share of each run's steps (default: the regime's; "
+                                                     f"{TRAINING['warmup']} unless it says otherwise)")
+    parser.add_argument("--grad-clip-norm", type=float, help="the trainer's gradient clipping (default: the "
+                                                             "regime's; none unless it says otherwise; 0: none)")
     parser.add_argument("--image-size", type=int, default=32, help="Fashion-MNIST model's image size (patch 4)")
     parser.add_argument("--low-res-size", type=int, help="image size of low-res (default: about 0.77x the tokens)")
     parser.add_argument("--layout", type=lambda s: [int(n) for n in s.split(",")],
@@ -93,7 +97,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for option in ("jobs", "threads"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
-    if not 0 <= args.warmup < 1:
+    if args.warmup is not None and not 0 <= args.warmup < 1:
         parser.error(f"--warmup is a share of the steps in [0, 1), got {args.warmup}")
     if bool(args.train_data) != bool(args.train_num_samples):
         parser.error("--train-data and --train-num-samples go together")
@@ -130,6 +134,11 @@ def matching_cells(parser: argparse.ArgumentParser, preset_name: str, regimes: O
     return chosen(regimes, schedules)
 
 
+def seeds_of(args: argparse.Namespace, cell) -> Callable[[str], list]:
+    """A method's seeds in ``cell``: --seeds, else 0..N-1 with N the cell's for that method."""
+    return lambda name: args.seeds or list(range(cell.seeds_of(name)))
+
+
 def with_earlier(names: Sequence[str], methods: dict) -> Tuple[str, ...]:
     """``names`` with each run's earlier one (the run it continues) put before it when missing."""
     names = list(names)
@@ -153,13 +162,13 @@ def run_study(args: argparse.Namespace) -> Path:
     runs, cells = [], {}
     for cell in args.cells:
         scaled = preset.scaled(cell.schedule)
-        seeds = args.seeds or list(range(cell.seeds))
-        planned, budgets = plan([methods[name] for name in cell.methods], seeds, configs[cell.regime], scaled,
-                                cell.regime, cell.schedule)
+        planned, budgets = plan([methods[name] for name in cell.methods], seeds_of(args, cell), configs[cell.regime],
+                                scaled, cell.regime, cell.schedule)
+        seeds = sorted({run.seed for run in planned})
         runs += planned
         stock, regime_data = configs[cell.regime].stock, data[cell.regime]
         steps = scaled.epochs * math.ceil(scaled.samples_per_epoch / scaled.batch_size)
-        print(f"{cell.name}: {len(cell.methods)} methods x {len(seeds)} seeds = {len(planned)} runs of "
+        print(f"{cell.name}: {len(cell.methods)} methods x up to {len(seeds)} seeds = {len(planned)} runs of "
               f"{configs[cell.regime].base} on {regime_data.train_data}, {scaled.epochs} epochs x "
               f"{scaled.samples_per_epoch} samples ({steps} steps of {scaled.batch_size}); evaluation: "
               f"{regime_data.eval_dataset} (clip_benchmark)", flush=True)
@@ -169,9 +178,8 @@ def run_study(args: argparse.Namespace) -> Path:
             "train_data": regime_data.train_data, "eval_dataset": regime_data.eval_dataset,
             "base_model": configs[cell.regime].base, "image_size": stock["vision_cfg"]["image_size"],
             "stock_matched_fraction": budgets.matched_fraction, "flip_budget_drop": budgets.drop_prob,
-            "low_res_size": budgets.low_res_size}
-    print(f"study in {out}: {len(runs)} runs, {args.jobs} at a time, {args.threads} thread(s) each, lr {args.lr}",
-          flush=True)
+            "low_res_size": budgets.low_res_size, "training": training_settings(args, cell.regime)}
+    print(f"study in {out}: {len(runs)} runs, {args.jobs} at a time, {args.threads} thread(s) each", flush=True)
     Runner(out, args, preset, data).run_all(runs)
     settings = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cells"},
                 "cells": _merged_cells(out, cells)}
@@ -195,8 +203,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.list:
         for cell in args.cells:
-            seeds = args.seeds or list(range(cell.seeds))
-            print(f"{cell.name}: seeds {','.join(map(str, seeds))}; methods {','.join(cell.methods)}")
+            groups = {}  # seeds -> methods
+            for name in cell.methods:
+                groups.setdefault(tuple(seeds_of(args, cell)(name)), []).append(name)
+            print(f"{cell.name}: " + "; ".join(f"seeds {','.join(map(str, seeds))}: methods {','.join(names)}"
+                                               for seeds, names in groups.items()))
         return 0
     if args.report_only:
         print("wrote " + ", ".join(str(p) for p in rewrite_report(Path(args.out))), flush=True)

@@ -3,15 +3,16 @@ diagnostic, built once under ``OUT/data`` from Fashion-MNIST (or any MNIST-forma
 command line (the ``custom`` regime).
 
 - ``fashion``: the Fashion-MNIST images themselves (32 px, patch 4: 64 patches); each item fills its frame.
-- ``scenes``: a captioned item and an unmentioned distractor on a 64 px canvas (patch 8: 64 patches), scored
-  on single-item canvases (``open_clip_elip.scenes``).
+- ``scenes``: a captioned item and an unmentioned distractor at half its size on a 64 px canvas (patch 8: 64
+  patches), scored on single-item canvases (``open_clip_elip.scenes``); trained at lr 2e-3, warm-up 0.2,
+  gradients clipped at 1 (the pilot's choice).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 from .. import fashion_mnist, scenes
 from ..demo import eval_set
@@ -42,6 +43,28 @@ class Regime:
     patch_size: int
     image_size: Optional[int]  # None: --image-size
     build: Callable[[argparse.Namespace, Preset, Path], StudyData]
+    layout: Mapping = field(default_factory=dict)  # the scenes generator's knobs (distractor_scale, classes)
+    training: Mapping = field(default_factory=dict)  # trainer settings over the study's (TRAINING)
+
+    @property
+    def tag(self) -> str:
+        """The layout in data folder names (``d0.5-0.5-k5``: distractors scaled by 0.5 to 0.5, 5 classes); empty: defaults."""
+        parts = {"distractor_scale": "d", "classes": "k"}
+        return "".join(f"-{parts[k]}{'-'.join(f'{x:g}' for x in v) if isinstance(v, tuple) else v}"
+                       for k, v in self.layout.items())
+
+
+# the study's trainer settings (the committed fashion runs'); a regime's ``training`` and the command line's
+# --lr, --warmup, --grad-clip-norm go over them (--grad-clip-norm 0: none)
+TRAINING = {"lr": 1e-3, "warmup": 0.1, "grad_clip_norm": None}
+
+
+def training_settings(args: argparse.Namespace, regime: str) -> dict:
+    """The trainer settings of ``regime``'s runs: the study's, the regime's, then the command line's."""
+    chosen = {**TRAINING, **(REGIMES[regime].training if regime in REGIMES else {})}
+    chosen.update({k: getattr(args, k) for k in TRAINING if getattr(args, k, None) is not None})
+    chosen["grad_clip_norm"] = chosen["grad_clip_norm"] or None
+    return chosen
 
 
 def _fashion(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:
@@ -57,21 +80,23 @@ def _fashion(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:
 def _scenes(args: argparse.Namespace, preset: Preset, out: Path) -> StudyData:
     """Training canvases of the train split less its last ``probe_samples`` items (the probe's); held-out
     canvases of the test split's last items; single-item evaluation canvases (seed 0 throughout)."""
-    data = out / "data"
-    train = data / f"scenes-train-{preset.train_images}-shards{preset.shard_size}"
+    data, regime = out / "data", REGIMES["scenes"]
+    layout, tag = dict(regime.layout), regime.tag
+    train = data / f"scenes{tag}-train-{preset.train_images}-shards{preset.shard_size}"
     if not train.exists():
         print(f"writing {preset.train_images} scenes training canvases to {train}", flush=True)
         scenes.write_scene_shards(train, "train", preset.train_images, 0, args.fashion_mnist,
-                                  skip_last=preset.probe_samples, shard_size=preset.shard_size)
-    heldout = data / f"scenes-heldout-{preset.leak_samples}"
+                                  skip_last=preset.probe_samples, shard_size=preset.shard_size, **layout)
+    heldout = data / f"scenes{tag}-heldout-{preset.leak_samples}"
     if not heldout.exists():
         scenes.write_scene_shards(heldout, "test", preset.leak_samples, 1, args.fashion_mnist,
-                                  shard_size=preset.shard_size)
-    evaluation = data / f"scenes-eval-test{preset.test_samples}-probe{preset.probe_samples}"
+                                  shard_size=preset.shard_size, **layout)
+    evaluation = data / f"scenes{tag}-eval-test{preset.test_samples}-probe{preset.probe_samples}"
     if not evaluation.exists():
         print(f"writing the scenes evaluation canvases to {evaluation}", flush=True)
-        scenes.write_scene_eval_set(evaluation, preset.test_samples, preset.probe_samples, 0, args.fashion_mnist)
-    preview = out / "scenes-preview.png"
+        scenes.write_scene_eval_set(evaluation, preset.test_samples, preset.probe_samples, 0, args.fashion_mnist,
+                                    classes=layout.get("classes"))
+    preview = out / f"scenes{tag}-preview.png"
     if not preview.exists():
         scenes.save_preview(fashion_mnist.shard_pattern(train), preview)
     return StudyData(fashion_mnist.shard_pattern(train), scenes.DATASET, evaluation,
@@ -96,8 +121,11 @@ def _fashion_eval(args: argparse.Namespace, preset: Preset, out: Path) -> tuple:
 REGIMES: Dict[str, Regime] = {regime.name: regime for regime in (
     Regime("fashion", "Fashion-MNIST: one item filling the frame, its class named by the caption",
            "ViT-FMNIST-{image_size}px", 4, None, _fashion),
-    Regime("scenes", "scenes: a captioned item and an unmentioned distractor on a 64 px canvas (under half "
-           "covered), scored on single-item canvases", "ViT-Scenes-{image_size}px", 8, 64, _scenes),
+    # the pilot's choice (docs/study/pilot/pilot.md): distractors at half size, as clutter is on web images, and a
+    # higher learning rate with a longer warm-up and clipping; stock's seeds train and agree in 480 steps
+    Regime("scenes", "scenes: a captioned 28 px item and an unmentioned 14 px distractor of another class on a 64 px "
+           "canvas, scored on single-item canvases", "ViT-Scenes-{image_size}px", 8, 64, _scenes,
+           layout={"distractor_scale": (0.5, 0.5)}, training={"lr": 2e-3, "warmup": 0.2, "grad_clip_norm": 1.0}),
     Regime(CUSTOM, "the command line's --train-data (evaluation: --eval-dataset, else Fashion-MNIST's)",
            "ViT-FMNIST-{image_size}px", 4, None, _custom),
 )}

@@ -28,7 +28,10 @@ class Method:
         ``patch_dropout`` / ``image_size`` (a stock tower at the tokens its flags leave), ``continued`` (the run
         it continues, then this model for the last epoch).
     eval_image_size: evaluated by a stock config at this image size (``<base>-<name>``), not the trained one.
-    leak: run the leak diagnostic on the checkpoint (an ELIP-family model: its own, or the continued run's).
+    leak: run the leak diagnostic on the checkpoint (an ELIP-family model: its own, or the continued run's); on
+        scenes checkpoints the steering diagnostic too.
+    steer: run the steering diagnostic on scenes checkpoints (without the leak diagnostic): a family whose kept
+        patches ``open_clip_elip.steering`` reads (``-mask``), as its own model or the continued run's.
     """
 
     name: str
@@ -41,6 +44,7 @@ class Method:
     cost: str = MODEL
     eval_image_size: Optional[str] = None
     leak: bool = False
+    steer: bool = False
 
 
 METHODS: Tuple[Method, ...] = (
@@ -81,26 +85,26 @@ METHODS: Tuple[Method, ...] = (
     Method("tome", "ToMe, r tokens merged per layer, r closest to ELIP's token-layer budget (merges at inference too)",
            family="tome"),
     Method("mask-random", "FLIP's random input mask: half the patches kept, in training only", family="mask",
-           options={"strategy": "random"}),
+           options={"strategy": "random"}, steer=True),
     Method("mask-random+tune", "mask-random's run, its last epoch unmasked (FLIP's tune)", family="mask",
-           options={"strategy": "random", "keep_ratio": 1.0}, continues="mask-random", cost=CONTINUED),
+           options={"strategy": "random", "keep_ratio": 1.0}, steer=True, continues="mask-random", cost=CONTINUED),
     Method("mask-center", "GLIP's centre-biased random input mask: half the patches kept, in training only",
-           family="mask", options={"strategy": "center"}),
+           family="mask", options={"strategy": "center"}, steer=True),
     Method("mask-center+tune", "mask-center's run, its last epoch unmasked (FLIP's tune)", family="mask",
-           options={"strategy": "center", "keep_ratio": 1.0}, continues="mask-center", cost=CONTINUED),
+           options={"strategy": "center", "keep_ratio": 1.0}, steer=True, continues="mask-center", cost=CONTINUED),
     Method("mask-cluster", "E-CLIP's cluster input mask (a per-sample top-k): half the patches kept, in training only",
-           family="mask", options={"strategy": "cluster"}),
+           family="mask", options={"strategy": "cluster"}, steer=True),
     Method("mask-cluster+tune", "mask-cluster's run, its last epoch unmasked (FLIP's tune)", family="mask",
-           options={"strategy": "cluster", "keep_ratio": 1.0}, continues="mask-cluster", cost=CONTINUED),
+           options={"strategy": "cluster", "keep_ratio": 1.0}, steer=True, continues="mask-cluster", cost=CONTINUED),
     Method("mask-attentive", "A-CLIP's attentive input mask (an EMA tower's CLS attention over 2x2 cells): about "
-           "half the patches kept, in training only", family="mask", options={"strategy": "attentive"}),
+           "half the patches kept, in training only", family="mask", options={"strategy": "attentive"}, steer=True),
     Method("mask-attentive+tune", "mask-attentive's run, its last epoch unmasked (FLIP's tune; EMA tower resumed)",
-           family="mask", options={"strategy": "attentive", "keep_ratio": 1.0}, continues="mask-attentive",
+           family="mask", options={"strategy": "attentive", "keep_ratio": 1.0}, steer=True, continues="mask-attentive",
            cost=CONTINUED),
     Method("mask-attentive-text", "the attentive input mask steered by the paired caption (ours)", family="mask",
-           options={"strategy": "attentive_text"}),
+           options={"strategy": "attentive_text"}, steer=True),
     Method("mask-attentive-text+tune", "mask-attentive-text's run, its last epoch unmasked (FLIP's tune; EMA tower "
-           "resumed)", family="mask", options={"strategy": "attentive_text", "keep_ratio": 1.0},
+           "resumed)", family="mask", options={"strategy": "attentive_text", "keep_ratio": 1.0}, steer=True,
            continues="mask-attentive-text", cost=CONTINUED),
 )
 

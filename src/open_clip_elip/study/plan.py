@@ -21,6 +21,12 @@ from . import methods as m
 KEY_METHODS = (*m.LADDER, "elip", "elip-balanced", "elip-vision-only", "evit", "tome", "flip-budget",
                "flip-budget+tune", "low-res", "low-res+tune")
 CORE_METHODS = (*m.LADDER, "elip", "low-res", "low-res+tune")  # the longer schedule's
+MASKS = ("mask-random", "mask-center", "mask-cluster", "mask-attentive", "mask-attentive-text")  # no +tune: budget
+# the scenes cell's: where ELIP's premise holds, the ladder, ELIP's variants, the token-choosing rivals and the
+# attentive masks (the caption-steered one ours); cut for the budget: flip-budget(+tune), low-res+tune, the other
+# masks and the +tunes (fashion-x1 runs them)
+SCENES_METHODS = (*m.LADDER, "elip", "elip-balanced", "elip-text-only", "elip-vision-only", "evit", "tome", "low-res",
+                  "mask-attentive", "mask-attentive-text")
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,14 @@ class Cell:
     schedule: int
     methods: Tuple[str, ...]
     seeds: int
+    method_seeds: Tuple[Tuple[str, int], ...] = ()  # (method, seeds) where it differs from the cell's
 
     @property
     def name(self) -> str:
         return cell_name(self.regime, self.schedule)
+
+    def seeds_of(self, method: str) -> int:
+        return dict(self.method_seeds).get(method, self.seeds)
 
 
 def cell_name(regime: str, schedule: int) -> str:
@@ -72,11 +82,13 @@ PRESETS = {
                    cells=(Cell("fashion", 1, KEY_METHODS, 1), Cell("scenes", 1, KEY_METHODS, 1),
                           Cell("fashion", 2, CORE_METHODS, 1))),
     # see docs/study/README.md for why this scale: 240 steps of batch 128, stock's seed-to-seed sd under 2 points
-    # in fashion; scenes does not train in 240 steps, so its stock seeds at 4x come first (seeds agreeing
-    # before methods are compared)
+    # in fashion; scenes at 480 steps (its pilot's choice: docs/study/pilot/); five seeds where a key paired
+    # interval needs them, three elsewhere
     "default": Preset(samples_per_epoch=3072, epochs=10, batch_size=128, train_images=30000, shard_size=500,
                       test_samples=10000, probe_samples=5000, leak_samples=512, width=64, log_every=6,
-                      cells=(Cell("fashion", 1, KEY_METHODS, 5), Cell("scenes", 4, ("stock",), 5),
+                      cells=(Cell("fashion", 1, (*KEY_METHODS, "elip-text-only", *MASKS), 5,
+                                  tuple((name, 3) for name in MASKS)),
+                             Cell("scenes", 2, SCENES_METHODS, 3, (("stock", 5), ("elip", 5))),
                              Cell("fashion", 4, CORE_METHODS, 3))),
 }
 BUDGET_FAMILY = "elip"  # the method whose cost the budgets match
@@ -97,6 +109,7 @@ class Run:
     train_flops: float = 0.0  # per image of the full schedule
     after: Optional[str] = None  # a method whose run (same seed) this one continues
     leak_model: Optional[str] = None  # the model the leak diagnostic builds, if it runs
+    steer_model: Optional[str] = None  # the model the steering diagnostic builds (scenes), if it runs
     pruned_model: Optional[str] = None  # the name clip_benchmark scores it pruned as (eval_model: as it is)
     image_size: int = 0  # the size it trains at
 
@@ -184,11 +197,14 @@ class Planner:
     def run(self, method: m.Method, seed: int) -> Run:
         configs, fields = self.configs, asdict(self.budgets)
         leak_source = method if method.family else m.catalogue().get(method.continues or "")
+        steer_source = m.catalogue()[method.continues] if method.continues else method  # the selecting model
         run = Run(method.name, seed, configs.trained(method), configs.evaluated(method), self.regime, self.schedule,
                   flags=[flag.format(**fields) for flag in method.flags],
                   samples_per_epoch=self.samples(method),
                   after=method.continues,
                   leak_model=configs.trained(leak_source) if method.leak and leak_source else None,
+                  steer_model=(configs.trained(leak_source) if method.leak and leak_source else
+                               configs.trained(steer_source) if method.steer else None),
                   pruned_model=configs.pruned(method))
         run.train_flops = COSTS[method.cost](self, method, run)
         forced = "--force-image-size" in run.flags
@@ -223,9 +239,12 @@ COSTS: Dict[str, Callable[[Planner, m.Method, Run], float]] = {
 }
 
 
-def plan(methods: Sequence[m.Method], seeds: Sequence[int], configs, preset: Preset, regime: str = "",
-         schedule: int = 1) -> tuple:
-    """Every (method, seed) run of one cell, seed by seed; and the budgets. ``preset`` is already scaled to the
-    schedule."""
+def plan(methods: Sequence[m.Method], seeds: "Sequence[int] | Callable[[str], Sequence[int]]", configs,
+         preset: Preset, regime: str = "", schedule: int = 1) -> tuple:
+    """Every (method, seed) run of one cell, seed by seed; and the budgets. ``seeds``: every method's, or a
+    method name's. ``preset`` is already scaled to the schedule."""
     planner = Planner(configs, preset, regime, schedule)
-    return [planner.run(method, seed) for seed in seeds for method in methods], planner.budgets
+    seeds_of = seeds if callable(seeds) else (lambda name: seeds)
+    every = sorted({seed for method in methods for seed in seeds_of(method.name)})
+    return [planner.run(method, seed) for seed in every for method in methods
+            if seed in seeds_of(method.name)], planner.budgets

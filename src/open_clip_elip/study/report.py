@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .data import TRAINING
 from .methods import LADDER
 from .plan import cell_name
 
@@ -362,8 +363,8 @@ def steering_section(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
     column = "steer_steering"
     ok = frame[(frame.status == "ok") & frame.get(column, pd.Series(dtype=float)).notna()]
     if ok.empty:
-        return ("No steering diagnostic in this cell (it runs on ELIP-family checkpoints of the scenes regime; "
-                "evit, tome and the other families do not report which patches they keep).\n")
+        return ("No steering diagnostic in this cell (it runs on ELIP-family and -mask checkpoints of the scenes "
+                "regime; evit, tome and the other families do not report which patches they keep).\n")
     blocks = sorted({int(c.rsplit("_b", 1)[1]) for c in ok.columns if c.startswith("steer_steering_b")})
     rows = []
     for method in method_order(ok, methods):
@@ -371,7 +372,8 @@ def steering_section(frame: pd.DataFrame, methods: Dict[str, str]) -> str:
         rows.append([f"`{method}`", len(runs),
                      *(fmt_interval(interval(runs[f"steer_kept_{r}"])) for r in ("named", "other", "background")),
                      fmt_diff(interval(runs[column])) + f" ({verdict(interval(runs[column]))})",
-                     " / ".join(f"{runs[f'steer_steering_b{b}'].mean():+.2f}" for b in blocks)])
+                     " / ".join("-" if pd.isna(v) else f"{v:+.2f}"
+                                for v in (runs[f"steer_steering_b{b}"].mean() for b in blocks))])
     return ("Held-out two-item canvases, each guided once by a caption naming its first item and once by the same "
             "template naming its second. Shares: % of the kept patch tokens whose centre lies on the item the "
             "caption names, on the other item, on the background (mean over both captions and the pruned blocks). "
@@ -435,9 +437,16 @@ def cells_table(frame: pd.DataFrame, settings: dict) -> str:
         rows.append([regime, f"{schedule}x", info.get("base_model", "?"), info.get("image_size", "?"), samples,
                      preset.get("batch_size", "?"), steps,
                      f"`{info.get('eval_dataset', '?')}`: {preset.get('test_samples', '?')} zero-shot, "
-                     f"{preset.get('probe_samples', '?')} probe", ", ".join(str(s) for s in sorted(set(runs.seed)))])
+                     f"{preset.get('probe_samples', '?')} probe", ", ".join(str(s) for s in sorted(set(runs.seed))),
+                     training_text(settings, info)])
     return table(["regime", "schedule", "base model", "image px", "samples (epochs x per epoch)", "batch",
-                  "training steps", "evaluation set and samples", "seeds"], rows)
+                  "training steps", "evaluation set and samples", "seeds", "lr, warm-up share, grad clip"], rows)
+
+
+def training_text(settings: dict, info: dict) -> str:
+    """A cell's trainer settings (saved per cell; a study saved before that: the command line's, the defaults)."""
+    training = info.get("training") or {**TRAINING, **{k: settings[k] for k in TRAINING if settings.get(k)}}
+    return f"{training['lr']:g}, {training['warmup']:g}, {training['grad_clip_norm'] or 'none'}"
 
 
 def stability(frame: pd.DataFrame) -> List[str]:
@@ -601,8 +610,7 @@ def report_markdown(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]
         "# The study: ELIP against the token-reduction choices of OpenCLIP\n",
         f"Made by `{('python -m open_clip_elip.study ' + command).rstrip()}`"
         f"{'' if command else ' (the default preset)'} on {time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU "
-        f"only, {settings.get('threads', '?')} thread(s) per run, {settings.get('jobs', '?')} run(s) at a time, lr "
-        f"{settings.get('lr', '?')}; every model trained by OpenCLIP's own trainer and evaluated by clip_benchmark "
+        f"only, {settings.get('threads', '?')} thread(s) per run, {settings.get('jobs', '?')} run(s) at a time; every model trained by OpenCLIP's own trainer and evaluated by clip_benchmark "
         f"({'zero-shot and linear probe' if frame.linear_probe_top1.notna().any() else 'zero-shot'}).\n",
         "## Cells\n",
         "A cell is one regime (training and evaluation data) at one schedule (a multiple of the samples):\n",

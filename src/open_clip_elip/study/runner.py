@@ -24,7 +24,7 @@ import pandas as pd
 from ..demo import step_seconds
 from ..evaluate import clip_benchmark_eval
 from ..resize import resize_file
-from .data import StudyData
+from .data import StudyData, training_settings
 from .plan import Preset, Run
 
 LOSS_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+).*?Contrastive_loss: ([0-9.]+)")
@@ -69,8 +69,8 @@ class Runner:
             record.update(self.evaluate(run, folder, checkpoint))
             if run.leak_model and self.data[run.regime].heldout:
                 record.update(self.leak(run, folder, checkpoint))
-                if self.data[run.regime].boxes:
-                    record.update(self.steering(run, folder, checkpoint))
+            if run.steer_model and self.data[run.regime].heldout and self.data[run.regime].boxes:
+                record.update(self.steering(run, folder, checkpoint))
             record["status"] = "ok"
         except Exception as exc:  # reported as failed in the table; the other runs go on
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -88,16 +88,17 @@ class Runner:
     def trainer_command(self, run: Run, folder: Path, before: Optional[dict]) -> List[str]:
         preset, epochs = self.preset, self.preset.epochs
         steps = math.ceil(run.samples_per_epoch / preset.batch_size) * epochs
+        training = training_settings(self.args, run.regime)
         command = [
             sys.executable, "-m", "open_clip_train.main", "--model", run.model,
             "--train-data", self.data[run.regime].train_data, "--train-num-samples", str(run.samples_per_epoch),
             "--dataset-type", "webdataset", "--batch-size", str(preset.batch_size), "--epochs", str(epochs),
-            "--lr", str(self.args.lr), "--wd", "0.1", "--warmup", str(warmup_steps(steps, self.args.warmup)),
+            "--lr", str(training["lr"]), "--wd", "0.1", "--warmup", str(warmup_steps(steps, training["warmup"])),
             "--precision", "fp32", "--workers", "0", "--device", "cpu", "--seed", str(run.seed),
             "--logs", str(folder / "train"), "--name", run.method, "--log-every-n-steps", str(preset.log_every),
             "--save-frequency", str(max(1, epochs - 1)), *run.flags]
-        if self.args.grad_clip_norm:
-            command += ["--grad-clip-norm", str(self.args.grad_clip_norm)]
+        if training["grad_clip_norm"]:
+            command += ["--grad-clip-norm", str(training["grad_clip_norm"])]
         if run.after:  # continue the earlier run's second-to-last checkpoint: same schedule, last epoch
             command += ["--resume", self.resume_from(run, folder, before)]
         return command
@@ -177,7 +178,7 @@ class Runner:
 
     def steering(self, run: Run, folder: Path, checkpoint: str) -> dict:
         """The steering diagnostic (``open_clip_elip.steering``) on the held-out scenes canvases: ``steer_*``."""
-        command = [sys.executable, "-m", "open_clip_elip.steering", "--model", run.leak_model, "--pretrained",
+        command = [sys.executable, "-m", "open_clip_elip.steering", "--model", run.steer_model, "--pretrained",
                    checkpoint, "--data", self.data[run.regime].heldout, "--samples", str(self.preset.leak_samples),
                    "--batch-size", str(self.preset.batch_size), "--out", str(folder / "steering.json")]
         with open(folder / "steering.log", "w") as log:
