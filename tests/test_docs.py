@@ -110,3 +110,26 @@ def test_link_parser_sees_links():
     targets = [target for _, target in links(ROOT / "README.md")]
     assert "docs/method.md" in targets
     assert slug("Your own configs: `OPEN_CLIP_ELIP_CONFIGS`") == "your-own-configs-open_clip_elip_configs"
+
+
+def test_the_readmes_verdict_tables_are_the_reports():
+    """Every verdict table of the committed study (docs/study/headline.md, written by the report from the runs)
+    stands in README.md as the report wrote it: the README's verdicts are the report's, adjusted intervals and
+    all."""
+    headline = (ROOT / "docs" / "study" / "headline.md").read_text()
+    tables = ["\n".join(block) for block in _tables(headline.splitlines())]
+    assert tables, "docs/study/headline.md has no table"
+    readme = (ROOT / "README.md").read_text()
+    missing = [t.splitlines()[2] for t in tables if t not in readme]
+    assert not missing, f"README.md lacks the report's verdict tables (first rows: {missing}); copy them from " \
+                        "docs/study/headline.md"
+
+
+def _tables(lines):
+    block = []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            yield block
+            block = []

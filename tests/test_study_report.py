@@ -122,9 +122,10 @@ def test_verdicts_csv_holds_the_key_comparisons(study):
     assert list(verdicts.columns) == report.VERDICT_COLUMNS
     fashion = verdicts[(verdicts.regime == "fashion") & (verdicts.schedule == 1)]
     equal = report.EQUAL_FLOPS
-    assert list(zip(fashion.method, fashion.reference)) == [  # tome only failed; low-res is no key reference
+    assert list(zip(fashion.method, fashion.reference)) == [  # tome only failed
         ("elip", equal), ("evit", equal), ("low-res", equal), ("low-res+tune", equal),
-        ("elip", "low-res+tune"), ("elip", "evit"), ("elip", "stock"),  # stock-matched: read by the ladder row
+        ("elip", "low-res"), ("elip", "low-res+tune"), ("elip", "evit"),
+        ("elip", "stock"),  # stock-matched: read by the ladder row
         ("elip scored pruned", "elip unpruned"), ("elip scored pruned", "evit")]
     elip = fashion[fashion.method == "elip"].set_index("reference")
     row = elip.loc[equal]  # elip costs what stock-matched costs: the crafted pair
@@ -197,7 +198,7 @@ def test_the_schedule_section_flags_moved_verdicts(study):
 def test_plots_failed_runs_and_written_files(study):
     out, written, markdown = study
     assert [p.name for p in written] == [
-        "results.csv", "verdicts.csv", "results.md", "pareto_fashion.png", "pareto_scenes.png",
+        "results.csv", "verdicts.csv", "results.md", "headline.md", "pareto_fashion.png", "pareto_scenes.png",
         "curves_fashion-x1.png", "curves_fashion-x4.png", "curves_scenes-x1.png", "settings.json"]
     for path in written:
         assert path.parent == out and path.exists()
@@ -343,3 +344,25 @@ def test_the_caption_controls_read_the_paired_rows():
     assert lines == ["- Does choosing by the caption alone beat choosing by the image alone? `elip-text-only` minus "
                      f"`elip-vision-only`: {report.fmt_diff(report.interval([1.0, 2.0, 3.5]))} points zero-shot "
                      "top-1 (not distinguishable)."]
+
+
+def test_the_headline_tables_carry_the_reports_adjusted_verdicts(study):
+    """headline.md (the README's tables): per cell, each method's accuracy interval and its Holm-adjusted
+    comparisons, the same numbers as verdicts.csv and results.csv."""
+    out, written, _ = study
+    assert out / "headline.md" in written
+    text = (out / "headline.md").read_text()
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    fashion = first_table(text)  # fashion, 1x comes first
+    assert "**fashion, 240 steps**" in text and "**fashion, 960 steps**" in text  # 10 (40) epochs of 24 steps
+    assert "**scenes, 1x schedule**" in text  # no settings saved: its steps are unknown
+    rows = {r["method"]: r for r in fashion}
+    elip_evit = verdicts[(verdicts.schedule == 1) & (verdicts.regime == "fashion") & (verdicts.method == "elip")
+                         & (verdicts.reference == "evit")].iloc[0]
+    assert rows["`evit`"]["`elip` minus it [Holm], verdict"] == (
+        f"{elip_evit['mean']:+.1f} [{elip_evit.low_holm:+.1f}, {elip_evit.high_holm:+.1f}] {elip_evit.verdict_holm}")
+    assert rows["`stock`"]["minus stock at equal FLOPs [Holm], verdict"] == "(a rung of the ladder)"
+    stock = np.array(STOCK)
+    half = stats.t.ppf(0.975, 4) * stock.std(ddof=1) / math.sqrt(5)
+    assert rows["`stock`"]["zero-shot top-1 [95% CI]"] == f"{stock.mean():.1f} [{stock.mean() - half:.1f}, " \
+                                                          f"{stock.mean() + half:.1f}]"

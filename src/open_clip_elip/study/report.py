@@ -46,8 +46,8 @@ COLUMNS = [*RUN, "status", TOP1, "zeroshot_top5", PRUNED, "linear_probe_top1",
            "final_train_loss", "flag", "model", "eval_model", "trainer_flags", "wall_seconds", "error"]
 REGIMES = ("fashion", "scenes", "custom")  # the report's order; other regimes follow, by name
 KEY_METHOD = "elip"
-KEY_REFERENCES = ("stock-matched", "flip-budget+tune", "low-res+tune", "evit", "tome", "elip-vision-only",
-                  "elip-balanced", "elip-text-only", "stock")
+KEY_REFERENCES = ("stock-matched", "flip-budget+tune", "low-res", "low-res+tune", "evit", "tome", "elip-vision-only",
+                  "elip-balanced", "elip-text-only", "mask-attentive", "mask-attentive-text", "stock")
 EQUAL_FLOPS = "stock at equal FLOPs"  # the reference of the verdict column (read off the ladder)
 OUTSIDE = "outside the stock ladder"  # a method cheaper or dearer than every rung of the ladder
 LADDER_SLACK = 0.01  # a cost this share beyond the ladder's end rungs reads the end rung
@@ -521,6 +521,40 @@ def verdict_column(rows: List[dict]) -> str:
                   f"`{KEY_METHOD}`'s verdict (Holm)"], cells)
 
 
+def headline(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]) -> str:
+    """The verdict table of every cell as the project README shows it (``headline.md``): per method its cost,
+    accuracy, and its verdict against stock at equal FLOPs and elip's against it, each with its Holm-adjusted
+    interval."""
+    parts = []
+    for regime, schedule, rows in cell_frames(frame):
+        s, comparisons = summary(rows, methods), key_comparisons(rows)
+        ladder = {r["method"]: r for r in comparisons if r["reference"] == EQUAL_FLOPS}
+        elip = {r["reference"]: r for r in comparisons if r["method"] == KEY_METHOD}
+        steps = schedule_size(cell_settings(settings, regime, schedule).get("preset_values", {}))[1]
+        stock_flops = s.train_gflops_per_image.get("stock", math.nan)
+
+        def judged(r):
+            if r is None:
+                return "-"
+            adjusted = fmt_adjusted(r, 1)
+            return r["verdict_holm"] if adjusted == "-" else f"{adjusted} {r['verdict_holm']}"
+
+        def accuracy(row):
+            n, mean, low, high = (row[f"{TOP1}_{k}"] for k in ("n", "mean", "low", "high"))
+            return num(mean, 1) if n < 2 else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+
+        body = [[f"`{method}`", int(row.runs_ok), num(row.train_gflops_per_image / stock_flops), accuracy(row),
+                 "(a rung of the ladder)" if method in LADDER else judged(ladder.get(method)),
+                 judged(elip.get(method))] for method, row in s.iterrows()]
+        length = f"{schedule}x schedule" if steps == "?" else f"{steps} steps"
+        parts += [f"**{regime}, {length}** (zero-shot top-1, %; intervals 95%, differences paired by seed, "
+                  f"Holm-adjusted over the cell's {len(comparisons)} key comparisons):\n",
+                  table(["method", "seeds", "training FLOPs x stock", "zero-shot top-1 [95% CI]",
+                         "minus stock at equal FLOPs [Holm], verdict", f"`{KEY_METHOD}` minus it [Holm], verdict"],
+                        body)]
+    return "\n".join(parts)
+
+
 def flagged_runs(frame: pd.DataFrame) -> str:
     """The cell's runs far from their method's other seeds (``outlier_flags``)."""
     flagged = frame[(frame.status == "ok") & frame.flag.fillna("").astype(bool)]
@@ -758,13 +792,15 @@ def write_atomic(path: Path, text: str) -> Path:
 
 
 def write_report(out: Path, settings: dict, methods: Dict[str, str], folder: Optional[Path] = None) -> List[Path]:
-    """Write the report into ``folder`` (default ``out``): the tables, ``results.md``, one pareto plot per regime,
+    """Write the report into ``folder`` (default ``out``): the tables, ``results.md``, ``headline.md`` (the README's
+    verdict tables), one pareto plot per regime,
     one curves plot per cell and ``settings.json``; returns their paths."""
     folder = Path(folder or out)
     frame = collect(out)
     written = [write_atomic(folder / "results.csv", frame.round(4).to_csv(index=False)),
                write_atomic(folder / "verdicts.csv", verdict_table(frame).round(4).to_csv(index=False)),
-               write_atomic(folder / "results.md", report_markdown(frame, settings, methods))]
+               write_atomic(folder / "results.md", report_markdown(frame, settings, methods)),
+               write_atomic(folder / "headline.md", headline(frame, settings, methods))]
     cells = list(cell_frames(frame))
     for regime in regime_order(frame.regime):
         points = pd.concat([summary(rows, methods).assign(schedule=schedule)
