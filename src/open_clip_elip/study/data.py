@@ -48,7 +48,8 @@ class Regime:
 
     @property
     def tag(self) -> str:
-        """The layout in data folder names (``d0.5-0.5-k5``: distractors scaled by 0.5 to 0.5, 5 classes); empty: defaults."""
+        """The layout in data folder names (``-d0.5-0.5-k5``: distractors scaled by 0.5 to 0.5, 5 classes; empty:
+        the generator's defaults)."""
         parts = {"distractor_scale": "d", "classes": "k"}
         return "".join(f"-{parts[k]}{'-'.join(f'{x:g}' for x in v) if isinstance(v, tuple) else v}"
                        for k, v in self.layout.items())

@@ -644,7 +644,8 @@ def report_markdown(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]
         "# The study: ELIP against the token-reduction choices of OpenCLIP\n",
         f"Made by `{('python -m open_clip_elip.study ' + command).rstrip()}`"
         f"{'' if command else ' (the default preset)'} on {time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU "
-        f"only, {settings.get('threads', '?')} thread(s) per run, {settings.get('jobs', '?')} run(s) at a time; every model trained by OpenCLIP's own trainer and evaluated by clip_benchmark "
+        f"only, {settings.get('threads', '?')} thread(s) per run, {settings.get('jobs', '?')} run(s) at a time; "
+        "every model trained by OpenCLIP's own trainer and evaluated by clip_benchmark "
         f"({'zero-shot and linear probe' if frame.linear_probe_top1.notna().any() else 'zero-shot'}).\n",
         "## Cells\n",
         "A cell is one regime (training and evaluation data) at one schedule (a multiple of the samples):\n",
