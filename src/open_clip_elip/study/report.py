@@ -504,15 +504,21 @@ def comparisons_table(rows: List[dict]) -> str:
                   for r in rows])
 
 
+def against_stock_and_elip(rows: List[dict]) -> Tuple[Dict[str, dict], Dict[str, dict]]:
+    """A cell's key comparisons as ``{method: its row against stock at equal FLOPs}`` and ``{method: elip's row
+    against it}``."""
+    return ({r["method"]: r for r in rows if r["reference"] == EQUAL_FLOPS},
+            {r["reference"]: r for r in rows if r["method"] == KEY_METHOD})
+
+
 def verdict_column(rows: List[dict]) -> str:
     """Per method: against stock at its own training FLOPs (the verdict), and elip against it beside it, each raw
     and Holm-adjusted."""
-    ladder = [r for r in rows if r["reference"] == EQUAL_FLOPS]
+    ladder, elip = against_stock_and_elip(rows)
     if not ladder:
         return "No stock ladder (two rungs or more) in this cell: no method is read against stock at equal compute.\n"
-    elip = {r["reference"]: r for r in rows if r["method"] == KEY_METHOD}
     cells = []
-    for r in ladder:
+    for r in ladder.values():
         e = elip.get(r["method"])
         cells.append([f"`{r['method']}`", fmt_diff(r), fmt_adjusted(r), r["verdict_holm"],
                       *((fmt_diff(e), fmt_adjusted(e), e["verdict_holm"]) if e else ("-",) * 3)])
@@ -528,8 +534,7 @@ def headline(frame: pd.DataFrame, settings: dict, methods: Dict[str, str]) -> st
     parts = []
     for regime, schedule, rows in cell_frames(frame):
         s, comparisons = summary(rows, methods), key_comparisons(rows)
-        ladder = {r["method"]: r for r in comparisons if r["reference"] == EQUAL_FLOPS}
-        elip = {r["reference"]: r for r in comparisons if r["method"] == KEY_METHOD}
+        ladder, elip = against_stock_and_elip(comparisons)
         steps = schedule_size(cell_settings(settings, regime, schedule).get("preset_values", {}))[1]
         stock_flops = s.train_gflops_per_image.get("stock", math.nan)
 
